@@ -1,0 +1,1 @@
+//! The Kubernetes controller: reconcile AmrCredentials into Secrets.

@@ -1,0 +1,1 @@
+//! Local emulators of Entra ID and Azure Managed Redis for tests and the demo.

@@ -1,0 +1,10 @@
+//! The AMR credential operator: keeps Entra ID access tokens for Azure Managed Redis fresh
+//! in Kubernetes Secrets or in files.
+
+pub mod api;
+pub mod controller;
+pub mod emulator;
+pub mod identity;
+pub mod probe;
+pub mod telemetry;
+pub mod token_manager;

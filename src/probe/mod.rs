@@ -1,0 +1,1 @@
+//! Verifies credentials against Redis for real: TCP, TLS, AUTH, PING, ACL WHOAMI.

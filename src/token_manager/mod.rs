@@ -1,0 +1,1 @@
+//! Refresh times, retry delays and error classification: pure code, no I/O.
