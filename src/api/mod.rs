@@ -276,7 +276,7 @@ pub enum AuthorityType {
 #[serde(rename_all = "camelCase", default)]
 pub struct TokenManagerConfig {
     /// Fraction of a token's lifetime after which it is refreshed, in (0, 1].
-    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
     pub expiration_refresh_ratio: f64,
     /// Refresh at the latest this many milliseconds before expiry.
     #[schemars(range(min = 0))]
@@ -476,4 +476,13 @@ pub struct AmrCredentialStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.
+///
+/// # Errors
+/// When serialisation fails, which would be a bug in the types.
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml_ng::to_string(&AmrCredential::crd())
 }
