@@ -2,9 +2,11 @@
 //! in Kubernetes Secrets or in files.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod emulator;
 pub mod identity;
+pub mod local;
 pub mod probe;
 pub mod telemetry;
 pub mod token_manager;

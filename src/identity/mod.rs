@@ -1,6 +1,11 @@
 //! Entra ID flows turned into `azure_identity` credentials, token claims, and the shared cache.
 
+pub mod cache;
 pub mod claims;
+pub mod flows;
+pub mod material;
+pub mod source;
+pub mod transport;
 
 use crate::api::AmrCredentialSpec;
 use crate::api::ResolvedSpec;

@@ -1,0 +1,311 @@
+//! Where flow inputs come from: Secrets and ServiceAccounts of the resource's own namespace,
+//! through the Kubernetes API or, in file mode, a directory laid out like mounted Secrets.
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Api;
+use kube::api::PostParams;
+use secrecy::SecretString;
+use std::path::PathBuf;
+
+/// Annotation on a ServiceAccount naming the Entra ID application it is federated with.
+pub const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// Annotation on a ServiceAccount naming the application's tenant.
+pub const SA_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+/// Audience of ServiceAccount tokens exchanged with Entra ID.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Why an input could not be read. Messages name objects, never their contents.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialError {
+    /// The Secret does not exist.
+    #[error("Secret {name:?} not found in namespace {namespace:?}")]
+    SecretNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+    },
+    /// The Secret exists but lacks the key.
+    #[error("Secret {name:?} has no key {key:?}")]
+    KeyNotFound {
+        /// Secret name.
+        name: String,
+        /// The missing key.
+        key: String,
+    },
+    /// The ServiceAccount does not exist.
+    #[error("ServiceAccount {name:?} not found in namespace {namespace:?}")]
+    ServiceAccountNotFound {
+        /// Namespace.
+        namespace: String,
+        /// ServiceAccount name.
+        name: String,
+    },
+    /// The source could not be reached or refused; trying again later may help.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl MaterialError {
+    /// Whether the error names something missing that the user must create or fix.
+    pub fn is_missing(&self) -> bool {
+        !matches!(self, MaterialError::Unavailable(_))
+    }
+}
+
+/// Annotations of a ServiceAccount that workload identity uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceAccountInfo {
+    /// `azure.workload.identity/client-id`.
+    pub client_id: Option<String>,
+    /// `azure.workload.identity/tenant-id`.
+    pub tenant_id: Option<String>,
+}
+
+/// Reads flow inputs. Every call names the namespace of the resource asking, so nothing
+/// outside that namespace can be named.
+#[async_trait::async_trait]
+pub trait Material: Send + Sync + 'static {
+    /// The value of `key` in Secret `name`.
+    async fn secret_value(&self, ns: &str, name: &str, key: &str)
+    -> Result<Vec<u8>, MaterialError>;
+    /// The workload identity annotations of ServiceAccount `name`.
+    async fn service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<ServiceAccountInfo, MaterialError>;
+    /// A fresh token of ServiceAccount `name` for `audience`.
+    async fn service_account_token(
+        &self,
+        ns: &str,
+        name: &str,
+        audience: &str,
+    ) -> Result<SecretString, MaterialError>;
+}
+
+/// Reads inputs through the Kubernetes API.
+#[derive(Clone)]
+pub struct KubeMaterial {
+    client: kube::Client,
+}
+
+impl KubeMaterial {
+    /// Reads through `client`.
+    pub fn new(client: kube::Client) -> KubeMaterial {
+        KubeMaterial { client }
+    }
+}
+
+fn api_error(what: &str, e: &kube::Error) -> MaterialError {
+    MaterialError::Unavailable(format!("reading {what} failed: {e}"))
+}
+
+#[async_trait::async_trait]
+impl Material for KubeMaterial {
+    async fn secret_value(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, MaterialError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error("a Secret", &e))?;
+        let secret = secret.ok_or_else(|| MaterialError::SecretNotFound {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })?;
+        secret
+            .data
+            .and_then(|mut d| d.remove(key))
+            .map(|b| b.0)
+            .ok_or_else(|| MaterialError::KeyNotFound {
+                name: name.into(),
+                key: key.into(),
+            })
+    }
+
+    async fn service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<ServiceAccountInfo, MaterialError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let sa = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error("a ServiceAccount", &e))?;
+        let sa = sa.ok_or_else(|| MaterialError::ServiceAccountNotFound {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })?;
+        let annotations = sa.metadata.annotations.unwrap_or_default();
+        Ok(ServiceAccountInfo {
+            client_id: annotations.get(SA_CLIENT_ID_ANNOTATION).cloned(),
+            tenant_id: annotations.get(SA_TENANT_ID_ANNOTATION).cloned(),
+        })
+    }
+
+    async fn service_account_token(
+        &self,
+        ns: &str,
+        name: &str,
+        audience: &str,
+    ) -> Result<SecretString, MaterialError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![audience.to_string()]),
+                expiration_seconds: Some(600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let issued: TokenRequest = api
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 404 => MaterialError::ServiceAccountNotFound {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                },
+                _ => api_error("a ServiceAccount token", &e),
+            })?;
+        let token = issued.status.and_then(|s| s.token).unwrap_or_default();
+        if token.is_empty() {
+            return Err(MaterialError::Unavailable(
+                "the TokenRequest returned no token".into(),
+            ));
+        }
+        Ok(SecretString::from(token))
+    }
+}
+
+/// Reads inputs from files: Secret key `k` of Secret `s` is the file `DIR/s/k`, as a mounted
+/// Secret lays it out. A ServiceAccount token is the file `DIR/<serviceaccount>/token`, and
+/// its annotations the files `client-id` and `tenant-id` beside it, when present.
+#[derive(Debug, Clone)]
+pub struct FileMaterial {
+    dir: PathBuf,
+}
+
+impl FileMaterial {
+    /// Reads below `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> FileMaterial {
+        FileMaterial { dir: dir.into() }
+    }
+
+    fn read(&self, name: &str, key: &str) -> Result<Vec<u8>, MaterialError> {
+        let secret_dir = self.dir.join(name);
+        if !secret_dir.is_dir() {
+            return Err(MaterialError::SecretNotFound {
+                namespace: self.dir.display().to_string(),
+                name: name.to_string(),
+            });
+        }
+        std::fs::read(secret_dir.join(key)).map_err(|_| MaterialError::KeyNotFound {
+            name: name.into(),
+            key: key.into(),
+        })
+    }
+
+    fn read_optional(&self, name: &str, key: &str) -> Option<String> {
+        let value = std::fs::read_to_string(self.dir.join(name).join(key)).ok()?;
+        Some(value.trim().to_string()).filter(|v| !v.is_empty())
+    }
+}
+
+#[async_trait::async_trait]
+impl Material for FileMaterial {
+    async fn secret_value(
+        &self,
+        _ns: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, MaterialError> {
+        self.read(name, key)
+    }
+
+    async fn service_account(
+        &self,
+        _ns: &str,
+        name: &str,
+    ) -> Result<ServiceAccountInfo, MaterialError> {
+        Ok(ServiceAccountInfo {
+            client_id: self.read_optional(name, "client-id"),
+            tenant_id: self.read_optional(name, "tenant-id"),
+        })
+    }
+
+    async fn service_account_token(
+        &self,
+        _ns: &str,
+        name: &str,
+        _audience: &str,
+    ) -> Result<SecretString, MaterialError> {
+        let bytes =
+            self.read(name, "token")
+                .map_err(|_| MaterialError::ServiceAccountNotFound {
+                    namespace: self.dir.display().to_string(),
+                    name: name.to_string(),
+                })?;
+        let token = String::from_utf8_lossy(&bytes).trim().to_string();
+        Ok(SecretString::from(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn dir_with(files: &[(&str, &str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (secret, key, value) in files {
+            std::fs::create_dir_all(dir.path().join(secret)).unwrap();
+            std::fs::write(dir.path().join(secret).join(key), value).unwrap();
+        }
+        dir
+    }
+
+    #[tokio::test]
+    async fn file_material_reads_a_secret_key_as_a_file() {
+        let dir = dir_with(&[("sp", "client-secret", "s3cret")]);
+        let m = FileMaterial::new(dir.path());
+        assert_eq!(
+            m.secret_value("ns", "sp", "client-secret").await.unwrap(),
+            b"s3cret"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_and_a_missing_key_are_told_apart() {
+        let dir = dir_with(&[("sp", "client-secret", "x")]);
+        let m = FileMaterial::new(dir.path());
+        let e = m.secret_value("ns", "other", "k").await.unwrap_err();
+        assert!(matches!(e, MaterialError::SecretNotFound { .. }), "{e}");
+        let e = m.secret_value("ns", "sp", "nope").await.unwrap_err();
+        assert!(matches!(e, MaterialError::KeyNotFound { .. }), "{e}");
+        assert!(e.is_missing());
+    }
+
+    #[tokio::test]
+    async fn service_account_files_give_token_and_annotations() {
+        let dir = dir_with(&[
+            ("inventory", "token", "jwt\n"),
+            ("inventory", "client-id", "c"),
+        ]);
+        let m = FileMaterial::new(dir.path());
+        let t = m
+            .service_account_token("ns", "inventory", TOKEN_EXCHANGE_AUDIENCE)
+            .await;
+        assert_eq!(t.unwrap().expose_secret(), "jwt");
+        let info = m.service_account("ns", "inventory").await.unwrap();
+        assert_eq!(info.client_id.as_deref(), Some("c"));
+        assert_eq!(info.tenant_id, None);
+    }
+}

@@ -1,0 +1,707 @@
+//! The real [`TokenSource`]: gathers a flow's inputs, builds the `azure_identity`
+//! credential, runs a retry round, checks the token, and shares it through the cache.
+
+use super::cache::{Origin, SharedTokenCache};
+use super::claims;
+use super::flows::{self, AssertionSource, CertificateInput, CredentialContext, CredentialInput};
+use super::material::{Material, MaterialError, TOKEN_EXCHANGE_AUDIENCE};
+use super::transport::{Transport, TransportConfig, TransportError};
+use super::{AcquiredToken, FailureKind, RefreshFailure, TokenSource};
+use crate::api::RetryConfig;
+use crate::api::{AmrCredentialSpec, Authority, FlowType, ResolvedSpec};
+use crate::token_manager::{AttemptError, Verdict, classify, run_round};
+use azure_core::credentials::{SecretBytes, TokenCredential};
+use azure_core::error::ErrorKind;
+use azure_identity::UserAssignedId;
+use jiff::Timestamp;
+use secrecy::SecretString;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use url::Url;
+
+/// The operator's own identity settings, read once from its environment, for the
+/// `DefaultAzureCredential` flow.
+#[derive(Debug, Clone, Default)]
+pub struct AmbientEnv {
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// `AZURE_CLIENT_SECRET`.
+    pub client_secret: Option<SecretString>,
+    /// `AZURE_CLIENT_CERTIFICATE_PATH` (PEM with certificate and key).
+    pub client_certificate_path: Option<PathBuf>,
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    pub federated_token_file: Option<PathBuf>,
+}
+
+impl AmbientEnv {
+    /// Reads the standard `AZURE_*` variables.
+    pub fn from_env() -> AmbientEnv {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        AmbientEnv {
+            tenant_id: var("AZURE_TENANT_ID"),
+            client_id: var("AZURE_CLIENT_ID"),
+            client_secret: var("AZURE_CLIENT_SECRET").map(SecretString::from),
+            client_certificate_path: var("AZURE_CLIENT_CERTIFICATE_PATH").map(PathBuf::from),
+            federated_token_file: var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
+        }
+    }
+}
+
+/// Settings of the token source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Authority host; `None` keeps the `azure_identity` default.
+    pub authority_host: Option<Url>,
+    /// Tenant used when a resource names none.
+    pub default_tenant: Option<String>,
+    /// Outbound HTTP settings.
+    pub transport: TransportConfig,
+    /// The operator's environment, for `DefaultAzureCredential`.
+    pub ambient: AmbientEnv,
+    /// Token requests in flight at once.
+    pub max_concurrent_requests: usize,
+    /// Limit for one token request.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            authority_host: None,
+            default_tenant: None,
+            transport: TransportConfig::default(),
+            ambient: AmbientEnv::default(),
+            max_concurrent_requests: 16,
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Gets tokens from Entra ID through `azure_identity`.
+pub struct AzureTokenSource {
+    config: SourceConfig,
+    transport: Arc<Transport>,
+    material: Arc<dyn Material>,
+    cache: SharedTokenCache,
+    permits: Semaphore,
+    throttled_until: Mutex<HashMap<String, Instant>>,
+}
+
+/// A flow's inputs, gathered and ready to build a credential from.
+struct Plan {
+    key: String,
+    authority_host: Option<Url>,
+    input: CredentialInput,
+}
+
+impl AzureTokenSource {
+    /// Creates the source.
+    ///
+    /// # Errors
+    /// When the transport cannot be built (unreadable CA file, bad endpoint).
+    pub fn new(
+        config: SourceConfig,
+        material: Arc<dyn Material>,
+    ) -> Result<AzureTokenSource, TransportError> {
+        let transport = Arc::new(Transport::new(&config.transport)?);
+        let permits = Semaphore::new(config.max_concurrent_requests.max(1));
+        Ok(AzureTokenSource {
+            config,
+            transport,
+            material,
+            cache: SharedTokenCache::default(),
+            permits,
+            throttled_until: Mutex::default(),
+        })
+    }
+
+    /// The shared cache, for metrics.
+    pub fn cache(&self) -> &SharedTokenCache {
+        &self.cache
+    }
+
+    /// Fetches, bypassing a shared token that is still fresh.
+    ///
+    /// # Errors
+    /// As [`TokenSource::fetch`].
+    pub async fn fetch_with(
+        &self,
+        ns: &str,
+        spec: &AmrCredentialSpec,
+        resolved: &ResolvedSpec,
+        force: bool,
+    ) -> Result<(AcquiredToken, Origin), RefreshFailure> {
+        if resolved.flow == FlowType::AuthorizationCodeWithPKCE {
+            return Err(failure(
+                FailureKind::Unsupported,
+                "AuthorizationCodeWithPKCE is accepted by the schema but not supported by this \
+                 operator version; use another flow",
+            ));
+        }
+        let key = self.plan(ns, spec, resolved, true).await?.key;
+        let cfg = &resolved.token_manager;
+        self.cache
+            .get_or_fetch(&key, cfg, force, || self.round(ns, spec, resolved))
+            .await
+    }
+
+    async fn round(
+        &self,
+        ns: &str,
+        spec: &AmrCredentialSpec,
+        resolved: &ResolvedSpec,
+    ) -> Result<AcquiredToken, RefreshFailure> {
+        let plan = self.plan(ns, spec, resolved, false).await?;
+        let host_key = plan
+            .authority_host
+            .as_ref()
+            .map_or("default", Url::as_str)
+            .to_string();
+        let ctx = CredentialContext {
+            authority_host: plan.authority_host.clone(),
+            transport: self.transport.clone(),
+        };
+        let credential = flows::build(&ctx, plan.input)
+            .map_err(|e| failure(FailureKind::InvalidInput, &e.to_string()))?;
+        let scopes: Vec<&str> = resolved.scopes.iter().map(String::as_str).collect();
+        let retry = &resolved.token_manager.retry;
+        let outcome = run_round(retry, |_| self.attempt(&*credential, &scopes, &host_key)).await;
+        outcome
+            .map(|(token, _)| token)
+            .map_err(|(err, attempts)| round_failure(err, attempts, retry))
+    }
+
+    async fn attempt(
+        &self,
+        credential: &dyn TokenCredential,
+        scopes: &[&str],
+        host_key: &str,
+    ) -> Result<AcquiredToken, AttemptError> {
+        self.wait_for_throttle(host_key).await;
+        let _permit = self.permits.acquire().await.map_err(|_| AttemptError {
+            message: "the operator is shutting down".into(),
+            ..Default::default()
+        })?;
+        let started = Timestamp::now();
+        let result = tokio::time::timeout(
+            self.config.attempt_timeout,
+            credential.get_token(scopes, None),
+        )
+        .await;
+        let token = match result {
+            Err(_) => {
+                return Err(AttemptError {
+                    message: format!(
+                        "no answer from Entra ID within {:?}",
+                        self.config.attempt_timeout
+                    ),
+                    ..Default::default()
+                });
+            }
+            Ok(Err(e)) => {
+                let err = attempt_error(&e);
+                if let Some(wait) = err.retry_after.filter(|_| err.status == Some(429)) {
+                    self.throttle(host_key, wait);
+                }
+                return Err(err);
+            }
+            Ok(Ok(t)) => t,
+        };
+        check_token(token, started)
+    }
+
+    async fn wait_for_throttle(&self, host_key: &str) {
+        let until = self.lock_throttle().get(host_key).copied();
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
+    /// Holds every request to this authority until the server's Retry-After has passed.
+    fn throttle(&self, host_key: &str, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut map = self.lock_throttle();
+        let entry = map.entry(host_key.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    fn lock_throttle(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // Each critical section is a single read or write of the map.
+        self.throttled_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gathers inputs. With `key_only`, inputs not needed for the cache key are not read.
+    async fn plan(
+        &self,
+        ns: &str,
+        spec: &AmrCredentialSpec,
+        resolved: &ResolvedSpec,
+        key_only: bool,
+    ) -> Result<Plan, RefreshFailure> {
+        let (host, tenant) = self.authority(&resolved.authority);
+        let scopes = resolved.scopes.join(" ");
+        let host_s = host.as_ref().map_or("default", Url::as_str).to_string();
+        let flow = &spec.flow;
+        let need_tenant = || {
+            tenant.clone().ok_or_else(|| {
+                failure(
+                    FailureKind::InvalidInput,
+                    "no tenant: set authorityConfig.tenantId, flow.tenantId or the operator's \
+                     --tenant-id",
+                )
+            })
+        };
+        let client_id = || flow.client_id.clone().unwrap_or_default();
+        let (key, input) = match resolved.flow {
+            FlowType::ClientCredentials => {
+                let tenant = need_tenant()?;
+                let r = flow
+                    .client_secret_ref
+                    .as_ref()
+                    .ok_or_else(|| invalid("missing clientSecretRef"))?;
+                let secret = self.secret(ns, &r.name, &r.key).await?;
+                let secret = String::from_utf8(secret).map_err(|_| {
+                    invalid(&format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key))
+                })?;
+                let secret = secret.trim().to_string();
+                let key = format!(
+                    "secret|{host_s}|{tenant}|{}|{}|{scopes}",
+                    client_id(),
+                    digest(secret.as_bytes())
+                );
+                let input = CredentialInput::ClientSecret {
+                    tenant,
+                    client_id: client_id(),
+                    secret: SecretString::from(secret),
+                };
+                (key, input)
+            }
+            FlowType::ClientCredentialsWithCertificate => {
+                let tenant = need_tenant()?;
+                let r = flow
+                    .client_certificate_ref
+                    .as_ref()
+                    .ok_or_else(|| invalid("missing clientCertificateRef"))?;
+                let (certificate, fingerprint) = match &r.pkcs12_key {
+                    Some(k) => {
+                        let bundle = self.secret(ns, &r.name, k).await?;
+                        let password = match &r.password_key {
+                            Some(pk) => Some(self.secret(ns, &r.name, pk).await?),
+                            None => None,
+                        };
+                        let fp = digest(&bundle);
+                        let password = password.map(|p| {
+                            SecretString::from(String::from_utf8_lossy(&p).trim().to_string())
+                        });
+                        (
+                            CertificateInput::Pkcs12 {
+                                bundle: SecretBytes::new(bundle),
+                                password,
+                            },
+                            fp,
+                        )
+                    }
+                    None => {
+                        let ck = r.certificate_key.as_deref().unwrap_or("tls.crt");
+                        let kk = r.private_key_key.as_deref().unwrap_or("tls.key");
+                        let cert = self.secret(ns, &r.name, ck).await?;
+                        let key = self.secret(ns, &r.name, kk).await?;
+                        let fp = digest(&[cert.as_slice(), key.as_slice()].concat());
+                        (
+                            CertificateInput::Pem {
+                                cert,
+                                key: SecretBytes::new(key),
+                            },
+                            fp,
+                        )
+                    }
+                };
+                let key = format!(
+                    "cert|{host_s}|{tenant}|{}|{fingerprint}|{scopes}",
+                    client_id()
+                );
+                let input = CredentialInput::Certificate {
+                    tenant,
+                    client_id: client_id(),
+                    certificate,
+                    thumbprint_sha256: r.thumbprint_sha256.clone(),
+                };
+                (key, input)
+            }
+            FlowType::WorkloadIdentity => {
+                let sa = flow.service_account_name.clone().unwrap_or_default();
+                let info = self
+                    .material
+                    .service_account(ns, &sa)
+                    .await
+                    .map_err(material_failure)?;
+                let client = flow.client_id.clone().or(info.client_id).ok_or_else(|| {
+                    invalid(&format!(
+                        "no client id: set flow.clientId or annotate ServiceAccount {sa:?} with \
+                         azure.workload.identity/client-id"
+                    ))
+                })?;
+                // The ServiceAccount's tenant wins over the operator default, not over the spec.
+                let tenant = match (&resolved.authority, info.tenant_id) {
+                    (Authority::OperatorDefault, Some(t)) => t,
+                    _ => need_tenant()?,
+                };
+                let key = format!("wi|{host_s}|{tenant}|{client}|{ns}/{sa}|{scopes}");
+                let source = Arc::new(ServiceAccountAssertion {
+                    material: self.material.clone(),
+                    namespace: ns.to_string(),
+                    service_account: sa,
+                });
+                (
+                    key,
+                    CredentialInput::Assertion {
+                        tenant,
+                        client_id: client,
+                        source,
+                    },
+                )
+            }
+            FlowType::SystemAssignedManagedIdentity => (
+                format!("mi|system|{scopes}"),
+                CredentialInput::ManagedIdentity {
+                    user_assigned: None,
+                },
+            ),
+            FlowType::UserAssignedManagedIdentity => {
+                let (kind, id) = if let Some(v) = &flow.user_assigned_client_id {
+                    ("client", UserAssignedId::ClientId(v.clone()))
+                } else if let Some(v) = &flow.user_assigned_object_id {
+                    ("object", UserAssignedId::ObjectId(v.clone()))
+                } else if let Some(v) = &flow.user_assigned_resource_id {
+                    ("resource", UserAssignedId::ResourceId(v.clone()))
+                } else {
+                    return Err(invalid("UserAssignedManagedIdentity needs an identity id"));
+                };
+                let shown = match &id {
+                    UserAssignedId::ClientId(v)
+                    | UserAssignedId::ObjectId(v)
+                    | UserAssignedId::ResourceId(v) => v.clone(),
+                    _ => String::new(),
+                };
+                let key = format!("mi|{kind}:{shown}|{scopes}");
+                (
+                    key,
+                    CredentialInput::ManagedIdentity {
+                        user_assigned: Some(id),
+                    },
+                )
+            }
+            FlowType::DefaultAzureCredential => {
+                let (key, input) = self.ambient(key_only, &host_s)?;
+                (format!("{key}|{scopes}"), input)
+            }
+            FlowType::AuthorizationCodeWithPKCE => {
+                return Err(failure(
+                    FailureKind::Unsupported,
+                    "AuthorizationCodeWithPKCE is not supported",
+                ));
+            }
+        };
+        Ok(Plan {
+            key,
+            authority_host: host,
+            input,
+        })
+    }
+
+    /// The operator's own chain: environment secret or certificate, then its workload
+    /// identity token file, then managed identity.
+    fn ambient(
+        &self,
+        key_only: bool,
+        host_s: &str,
+    ) -> Result<(String, CredentialInput), RefreshFailure> {
+        let env = &self.config.ambient;
+        let tenant = env
+            .tenant_id
+            .clone()
+            .or_else(|| self.config.default_tenant.clone());
+        if let (Some(tenant), Some(client_id)) = (&tenant, &env.client_id) {
+            if let Some(secret) = &env.client_secret {
+                let key = format!("default|secret|{host_s}|{tenant}|{client_id}");
+                let input = CredentialInput::ClientSecret {
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    secret: secret.clone(),
+                };
+                return Ok((key, input));
+            }
+            if let Some(path) = &env.client_certificate_path {
+                let key = format!("default|cert|{host_s}|{tenant}|{client_id}");
+                let pem = if key_only {
+                    Vec::new()
+                } else {
+                    std::fs::read(path).map_err(|e| {
+                        invalid(&format!(
+                            "reading AZURE_CLIENT_CERTIFICATE_PATH failed: {e}"
+                        ))
+                    })?
+                };
+                let input = CredentialInput::Certificate {
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    certificate: CertificateInput::Pem {
+                        cert: pem.clone(),
+                        key: SecretBytes::new(pem),
+                    },
+                    thumbprint_sha256: None,
+                };
+                return Ok((key, input));
+            }
+            if let Some(file) = &env.federated_token_file {
+                let key = format!("default|wi|{host_s}|{tenant}|{client_id}");
+                let input = CredentialInput::WorkloadIdentityFile {
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    token_file: file.clone(),
+                };
+                return Ok((key, input));
+            }
+        }
+        let user_assigned = env.client_id.clone().map(UserAssignedId::ClientId);
+        let key = format!(
+            "default|mi|{}",
+            env.client_id.as_deref().unwrap_or("system")
+        );
+        Ok((key, CredentialInput::ManagedIdentity { user_assigned }))
+    }
+
+    fn authority(&self, authority: &Authority) -> (Option<Url>, Option<String>) {
+        let host = self.config.authority_host.clone();
+        match authority {
+            Authority::OperatorDefault => (host, self.config.default_tenant.clone()),
+            Authority::Tenant(t) => (host, Some(t.clone())),
+            Authority::Custom { host, tenant } => (Some(host.clone()), Some(tenant.clone())),
+        }
+    }
+
+    async fn secret(&self, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, RefreshFailure> {
+        self.material
+            .secret_value(ns, name, key)
+            .await
+            .map_err(material_failure)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenSource for AzureTokenSource {
+    async fn fetch(
+        &self,
+        namespace: &str,
+        _name: &str,
+        spec: &AmrCredentialSpec,
+        resolved: &ResolvedSpec,
+    ) -> Result<AcquiredToken, RefreshFailure> {
+        self.fetch_with(namespace, spec, resolved, false)
+            .await
+            .map(|(t, _)| t)
+    }
+}
+
+/// A new ServiceAccount token for every exchange.
+struct ServiceAccountAssertion {
+    material: Arc<dyn Material>,
+    namespace: String,
+    service_account: String,
+}
+
+impl std::fmt::Debug for ServiceAccountAssertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountAssertion")
+            .field("namespace", &self.namespace)
+            .field("service_account", &self.service_account)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl AssertionSource for ServiceAccountAssertion {
+    async fn assertion(&self) -> Result<SecretString, String> {
+        self.material
+            .service_account_token(
+                &self.namespace,
+                &self.service_account,
+                TOKEN_EXCHANGE_AUDIENCE,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn failure(kind: FailureKind, message: &str) -> RefreshFailure {
+    RefreshFailure {
+        kind,
+        message: message.to_string(),
+        retry_after: None,
+        attempts: 0,
+    }
+}
+
+fn invalid(message: &str) -> RefreshFailure {
+    failure(FailureKind::InvalidInput, message)
+}
+
+fn material_failure(e: MaterialError) -> RefreshFailure {
+    let kind = if e.is_missing() {
+        FailureKind::InvalidInput
+    } else {
+        FailureKind::RetriesExhausted
+    };
+    failure(kind, &e.to_string())
+}
+
+fn digest(bytes: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(bytes)[..8])
+}
+
+fn round_failure(err: AttemptError, attempts: u32, retry: &RetryConfig) -> RefreshFailure {
+    let stopped = err.unusable_token || classify(&err, retry) == Verdict::Stop;
+    let kind = if stopped {
+        FailureKind::NonRetryable
+    } else {
+        FailureKind::RetriesExhausted
+    };
+    let message = if stopped {
+        err.message
+    } else {
+        format!("{} (after {attempts} attempts)", err.message)
+    };
+    RefreshFailure {
+        kind,
+        message,
+        retry_after: err.retry_after,
+        attempts,
+    }
+}
+
+/// Checks an issued token: its claims parse, it has an `oid`, it is not expired, and the
+/// response's lifetime does not exceed the token's own.
+fn check_token(
+    token: azure_core::credentials::AccessToken,
+    started: Timestamp,
+) -> Result<AcquiredToken, AttemptError> {
+    let secret = token.token.secret().to_string();
+    let unusable = |message: String| AttemptError {
+        unusable_token: true,
+        message,
+        ..Default::default()
+    };
+    let claims = claims::decode(&secret).map_err(|e| {
+        unusable(format!(
+            "Entra ID returned a token the operator cannot use: {e}"
+        ))
+    })?;
+    if claims.expires_at <= Timestamp::now() {
+        return Err(unusable(
+            "Entra ID returned a token that has already expired".into(),
+        ));
+    }
+    let said = token.expires_on.unix_timestamp();
+    if said > claims.expires_at.as_second() + 120 && said > started.as_second() {
+        return Err(unusable(
+            "the token response claims a longer lifetime than the token's own exp claim".into(),
+        ));
+    }
+    Ok(AcquiredToken {
+        token: SecretString::from(secret),
+        claims,
+    })
+}
+
+/// Reads status, OAuth error code and Retry-After from an `azure_identity` error, whose
+/// HTTP error may be wrapped in credential errors.
+fn attempt_error(e: &azure_core::Error) -> AttemptError {
+    let mut out = AttemptError {
+        message: String::new(),
+        ..Default::default()
+    };
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(az) = err.downcast_ref::<azure_core::Error>()
+            && let ErrorKind::HttpResponse {
+                status,
+                raw_response,
+                ..
+            } = az.kind()
+        {
+            out.status = Some(u16::from(*status));
+            if let Some(raw) = raw_response {
+                let body: serde_json::Value =
+                    serde_json::from_slice(raw.body()).unwrap_or_default();
+                out.oauth_error = body
+                    .get("error")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                let description = body
+                    .get("error_description")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                out.message = http_message(out.status, out.oauth_error.as_deref(), description);
+                let retry_after = azure_core::http::headers::HeaderName::from_static("retry-after");
+                out.retry_after = raw
+                    .headers()
+                    .get_optional_str(&retry_after)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+            }
+            if out.message.is_empty() {
+                out.message = http_message(out.status, None, "");
+            }
+            return out;
+        }
+        current = err.source();
+    }
+    out.message = format!("token request failed: {}", innermost(e));
+    out
+}
+
+fn http_message(status: Option<u16>, code: Option<&str>, description: &str) -> String {
+    let status = status.map_or_else(String::new, |s| format!("HTTP {s}"));
+    let code = code.map_or_else(String::new, |c| format!(" {c}"));
+    let first_line = description
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    if first_line.is_empty() {
+        format!("Entra ID answered {status}{code}")
+    } else {
+        format!("Entra ID answered {status}{code}: {first_line}")
+    }
+}
+
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut current = e.source();
+    while let Some(err) = current {
+        last = err.to_string();
+        current = err.source();
+    }
+    last.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+impl std::fmt::Debug for AzureTokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureTokenSource").finish_non_exhaustive()
+    }
+}

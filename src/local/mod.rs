@@ -1,0 +1,308 @@
+//! File output mode: AmrCredential YAML in, refreshed credential files out, with no
+//! Kubernetes API at all. `demo` and sidecar deployments use it.
+
+pub mod atomic;
+
+use crate::api::{AmrCredential, AmrCredentialSpec, ResolvedSpec, validate};
+use crate::identity::claims;
+use crate::identity::source::AzureTokenSource;
+use crate::token_manager::{next_round_at, refresh_at};
+use jiff::Timestamp;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// The namespace file-mode credentials are treated as belonging to.
+pub const LOCAL_NAMESPACE: &str = "local";
+
+/// Why the credentials file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("reading {path} failed: {source}")]
+    ReadFailed {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is not an AmrCredential.
+    #[error("{path}: document {index} is not an AmrCredential: {message}")]
+    ParseFailed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document number.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A credential of the file, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct LocalCredential {
+    /// `metadata.name`; also the name of its output directory.
+    pub name: String,
+    /// The spec as written.
+    pub spec: AmrCredentialSpec,
+    /// The spec with defaults applied.
+    pub resolved: ResolvedSpec,
+}
+
+/// A credential of the file that cannot be used, and why.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// `metadata.name`, or the document number when it has none.
+    pub name: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Loads every AmrCredential document of `path`.
+///
+/// # Errors
+/// When the file cannot be read or a document is not an AmrCredential at all; documents
+/// that parse but fail validation are returned as [`Rejected`].
+pub fn load(path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::ReadFailed {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (mut ok, mut rejected) = (Vec::new(), Vec::new());
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| parse_error(path, i, &e))?;
+        if value.is_null() {
+            continue;
+        }
+        let cred: AmrCredential =
+            serde_yaml_ng::from_value(value).map_err(|e| parse_error(path, i, &e))?;
+        let name = cred
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("document-{}", i + 1));
+        match validate(&name, &cred.spec) {
+            Ok(resolved) => ok.push(LocalCredential {
+                name,
+                spec: cred.spec,
+                resolved,
+            }),
+            Err(e) => rejected.push(Rejected { name, message: e.0 }),
+        }
+    }
+    Ok((ok, rejected))
+}
+
+fn parse_error(path: &Path, index: usize, e: &serde_yaml_ng::Error) -> LoadError {
+    LoadError::ParseFailed {
+        path: path.to_owned(),
+        index: index + 1,
+        message: e.to_string(),
+    }
+}
+
+/// Something that happened to one credential, for display.
+#[derive(Debug, Clone)]
+pub enum LocalEvent {
+    /// New credential files were written.
+    Refreshed {
+        /// Credential name.
+        name: String,
+        /// The identity's object id.
+        oid: String,
+        /// Expiry of the new token.
+        expires_at: Timestamp,
+        /// When the next refresh is due.
+        refresh_at: Timestamp,
+        /// Whether another credential's request supplied the token.
+        shared: bool,
+        /// Short fingerprint of the token.
+        fingerprint: String,
+    },
+    /// Files from an earlier run still hold a fresh token; nothing was requested.
+    Reused {
+        /// Credential name.
+        name: String,
+        /// When the next refresh is due.
+        refresh_at: Timestamp,
+    },
+    /// A refresh round failed; the files were left as they were.
+    Failed {
+        /// Credential name.
+        name: String,
+        /// What went wrong.
+        message: String,
+        /// When the next round starts.
+        next_attempt_at: Timestamp,
+    },
+}
+
+/// Settings of the file mode.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// One subdirectory per credential is written below it.
+    pub output_dir: PathBuf,
+}
+
+/// Keeps every credential's files fresh until `shutdown` turns true.
+pub async fn run(
+    credentials: Vec<LocalCredential>,
+    source: Arc<AzureTokenSource>,
+    options: LocalOptions,
+    events: mpsc::UnboundedSender<LocalEvent>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let tasks: Vec<_> = credentials
+        .into_iter()
+        .map(|cred| {
+            let dir = options.output_dir.join(&cred.name);
+            let job = CredentialLoop {
+                cred,
+                dir,
+                source: source.clone(),
+                events: events.clone(),
+            };
+            tokio::spawn(job.run(shutdown.clone()))
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+struct CredentialLoop {
+    cred: LocalCredential,
+    dir: PathBuf,
+    source: Arc<AzureTokenSource>,
+    events: mpsc::UnboundedSender<LocalEvent>,
+}
+
+impl CredentialLoop {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let cfg = &self.cred.resolved.token_manager;
+        let mut current = existing_token_times(&self.dir, &self.cred.resolved);
+        let mut due = match current {
+            Some((issued, expires)) if Timestamp::now() < refresh_at(issued, expires, cfg) => {
+                let at = refresh_at(issued, expires, cfg);
+                self.emit(LocalEvent::Reused {
+                    name: self.cred.name.clone(),
+                    refresh_at: at,
+                });
+                at
+            }
+            _ => Timestamp::now(),
+        };
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = sleep_until(due) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            match self.refresh_once().await {
+                Ok((issued, expires)) => {
+                    failures = 0;
+                    current = Some((issued, expires));
+                    due = refresh_at(issued, expires, cfg);
+                }
+                Err(message) => {
+                    failures += 1;
+                    due = next_round_at(Timestamp::now(), failures, current.map(|c| c.1));
+                    tracing::warn!(credential = %self.cred.name, %message, next_attempt_at = %due,
+                        "Refresh failed; files left unchanged");
+                    let name = self.cred.name.clone();
+                    self.emit(LocalEvent::Failed {
+                        name,
+                        message,
+                        next_attempt_at: due,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn refresh_once(&self) -> Result<(Timestamp, Timestamp), String> {
+        let c = &self.cred;
+        let (token, origin) = self
+            .source
+            .fetch_with(LOCAL_NAMESPACE, &c.spec, &c.resolved, false)
+            .await
+            .map_err(|f| format!("{}: {}", f.kind.reason(), f.message))?;
+        let keys = &c.resolved.keys;
+        let expires = token.claims.expires_at.to_string();
+        let files: [(&str, &[u8]); 3] = [
+            (&keys.username, token.claims.oid.as_bytes()),
+            (&keys.password, token.token.expose_secret().as_bytes()),
+            (&keys.expires_at, expires.as_bytes()),
+        ];
+        atomic::write_atomic(&self.dir, &files)
+            .map_err(|e| format!("writing {} failed: {e}", self.dir.display()))?;
+        let (issued, expires_at) = (token.claims.issued_at, token.claims.expires_at);
+        let next = refresh_at(issued, expires_at, &c.resolved.token_manager);
+        let shared = origin == crate::identity::cache::Origin::Shared;
+        tracing::info!(credential = %c.name, oid = %token.claims.oid, expires_at = %expires_at,
+            refresh_at = %next, shared, "Token refreshed");
+        self.emit(LocalEvent::Refreshed {
+            name: c.name.clone(),
+            oid: token.claims.oid.clone(),
+            expires_at,
+            refresh_at: next,
+            shared,
+            fingerprint: claims::fingerprint(token.token.expose_secret()),
+        });
+        Ok((issued, expires_at))
+    }
+
+    fn emit(&self, event: LocalEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// Issue and expiry of the token an earlier run left in `dir`, if it is readable.
+fn existing_token_times(dir: &Path, resolved: &ResolvedSpec) -> Option<(Timestamp, Timestamp)> {
+    let password = std::fs::read_to_string(dir.join(&resolved.keys.password)).ok()?;
+    let claims = claims::decode(password.trim()).ok()?;
+    Some((claims.issued_at, claims.expires_at))
+}
+
+async fn sleep_until(at: Timestamp) {
+    let wait = at.duration_since(Timestamp::now());
+    if let Ok(wait) = std::time::Duration::try_from(wait) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    const GOOD: &str = "apiVersion: amr.entraid.dev/v1alpha1\nkind: AmrCredential\n\
+        metadata: {name: a}\nspec:\n  flow: {type: SystemAssignedManagedIdentity}\n";
+
+    #[test]
+    fn several_documents_load_and_invalid_ones_are_reported() {
+        let bad = "---\napiVersion: amr.entraid.dev/v1alpha1\nkind: AmrCredential\n\
+            metadata: {name: b}\nspec:\n  flow: {type: ClientCredentials}\n";
+        let f = file(&format!("{GOOD}{bad}"));
+        let (ok, rejected) = load(f.path()).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(rejected[0].name, "b");
+        assert!(rejected[0].message.contains("clientSecretRef"));
+    }
+
+    #[test]
+    fn an_unknown_flow_type_is_a_parse_error_naming_the_document() {
+        let f = file(&GOOD.replace("SystemAssignedManagedIdentity", "Telepathy"));
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("document 1"), "{e}");
+        assert!(e.contains("Telepathy"), "{e}");
+    }
+}
