@@ -4,9 +4,11 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod emulator;
 pub mod identity;
 pub mod local;
 pub mod probe;
+pub mod runner;
 pub mod telemetry;
 pub mod token_manager;

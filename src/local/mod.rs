@@ -71,8 +71,19 @@ pub fn load(path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadEr
         path: path.to_owned(),
         source,
     })?;
+    parse(&text, path)
+}
+
+/// Parses every AmrCredential document of `text`; `path` names it in errors.
+///
+/// # Errors
+/// When a document is not an AmrCredential at all.
+pub fn parse(
+    text: &str,
+    path: &Path,
+) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadError> {
     let (mut ok, mut rejected) = (Vec::new(), Vec::new());
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| parse_error(path, i, &e))?;
         if value.is_null() {
             continue;
