@@ -20,17 +20,21 @@ struct Cli {
     command: Command,
 }
 
+/// Arguments of `run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    #[command(flatten)]
+    cluster: runner::ClusterArgs,
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the cluster, or with --local against files.
-    Run {
-        #[command(flatten)]
-        local: LocalArgs,
-        #[command(flatten)]
-        cluster: runner::ClusterArgs,
-        #[command(flatten)]
-        identity: IdentityArgs,
-    },
+    Run(Box<RunArgs>),
     /// Verify credentials against Redis: TLS, AUTH, PING, ACL WHOAMI.
     Probe(probe::cli::ProbeArgs),
     /// Run the whole loop on this machine against local Entra ID and AMR emulators.
@@ -63,11 +67,12 @@ async fn main() -> ExitCode {
             logging::init(cli.log_format, "warn");
             demo::main(args).await
         }
-        Command::Run {
-            local,
-            cluster,
-            identity,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                local,
+                cluster,
+                identity,
+            } = *args;
             logging::init(cli.log_format, &cli.log_level);
             match local.local.clone() {
                 Some(file) => {
