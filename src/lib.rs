@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod emulator;
 pub mod identity;
+pub mod leader;
 pub mod local;
 pub mod probe;
 pub mod runner;

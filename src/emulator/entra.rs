@@ -265,7 +265,8 @@ impl EntraEmulator {
         self.shared.directory.revoke_refresh_tokens(user)
     }
 
-    /// Subscribes to the tokens issued from now on.
+    /// Subscribes to the tokens issued from now on (not those a fault left without `oid`).
+    /// A receiver more than 256 tokens behind loses the oldest ones.
     pub fn subscribe(&self) -> broadcast::Receiver<IssuedToken> {
         self.shared.events.subscribe()
     }

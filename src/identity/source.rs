@@ -5,7 +5,9 @@ use super::cache::{Origin, SharedTokenCache};
 use super::claims;
 use super::flows::{self, AssertionSource, CertificateInput, CredentialContext, CredentialInput};
 use super::material::{Material, MaterialError, TOKEN_EXCHANGE_AUDIENCE};
-use super::transport::{Transport, TransportConfig, TransportError};
+use super::transport::{
+    ErrorResponse, Transport, TransportConfig, TransportError, capture_error_response,
+};
 use super::{AcquiredToken, FailureKind, RefreshFailure, TokenSource};
 use crate::api::RetryConfig;
 use crate::api::{AmrCredentialSpec, Authority, FlowType, ResolvedSpec};
@@ -189,23 +191,22 @@ impl AzureTokenSource {
             ..Default::default()
         })?;
         let started = Timestamp::now();
-        let result = tokio::time::timeout(
-            self.config.attempt_timeout,
-            credential.get_token(scopes, None),
-        )
-        .await;
+        let attempt = credential.get_token(scopes, None);
+        let timed = tokio::time::timeout(self.config.attempt_timeout, attempt);
+        let (result, response) = capture_error_response(timed).await;
         let token = match result {
             Err(_) => {
+                let limit = self.config.attempt_timeout;
                 return Err(AttemptError {
-                    message: format!(
-                        "no answer from Entra ID within {:?}",
-                        self.config.attempt_timeout
-                    ),
+                    message: format!("no answer from Entra ID within {limit:?}"),
                     ..Default::default()
                 });
             }
             Ok(Err(e)) => {
-                let err = attempt_error(&e);
+                let err = match response {
+                    Some(r) => from_response(r),
+                    None => attempt_error(&e),
+                };
                 if let Some(wait) = err.retry_after.filter(|_| err.status == Some(429)) {
                     self.throttle(host_key, wait);
                 }
@@ -666,6 +667,19 @@ fn attempt_error(e: &azure_core::Error) -> AttemptError {
     }
     out.message = format!("token request failed: {}", innermost(e));
     out
+}
+
+/// Longest wait a server's Retry-After may impose on one round.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+fn from_response(r: ErrorResponse) -> AttemptError {
+    AttemptError {
+        status: Some(r.status),
+        message: http_message(Some(r.status), r.oauth_error.as_deref(), &r.description),
+        oauth_error: r.oauth_error,
+        retry_after: r.retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
+        unusable_token: false,
+    }
 }
 
 fn http_message(status: Option<u16>, code: Option<&str>, description: &str) -> String {

@@ -171,16 +171,106 @@ fn rebase(base: &Url, url: &Url) -> Url {
     out
 }
 
+/// What an error response said, kept by the transport because `azure_identity` does not
+/// always surface it: it fails to parse Entra ID error bodies whose description spans lines,
+/// and drops the OAuth `error` code and the Retry-After header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The OAuth `error` code, such as `invalid_client`.
+    pub oauth_error: Option<String>,
+    /// The first line of `error_description`, at most 200 characters.
+    pub description: String,
+    /// The Retry-After header, in seconds.
+    pub retry_after: Option<Duration>,
+}
+
+tokio::task_local! {
+    static LAST_ERROR: std::cell::RefCell<Option<ErrorResponse>>;
+}
+
+/// Runs `f` and returns, besides its output, the last error response any request made
+/// inside it received.
+pub async fn capture_error_response<F: std::future::Future>(
+    f: F,
+) -> (F::Output, Option<ErrorResponse>) {
+    let slot = std::cell::RefCell::new(None);
+    LAST_ERROR
+        .scope(slot, async {
+            let out = f.await;
+            let seen = LAST_ERROR.with(|c| c.borrow_mut().take());
+            (out, seen)
+        })
+        .await
+}
+
+fn record(response: ErrorResponse) {
+    let _ = LAST_ERROR.try_with(|c| *c.borrow_mut() = Some(response));
+}
+
+fn parse_error_response(
+    status: u16,
+    headers: &azure_core::http::headers::Headers,
+    body: &[u8],
+) -> ErrorResponse {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let retry_after = azure_core::http::headers::HeaderName::from_static("retry-after");
+    ErrorResponse {
+        status,
+        oauth_error: text("error"),
+        description: text("error_description")
+            .or_else(|| text("message"))
+            .map(|d| d.lines().next().unwrap_or("").chars().take(200).collect())
+            .unwrap_or_default(),
+        retry_after: headers
+            .get_optional_str(&retry_after)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
+    }
+}
+
+/// An error `azure_identity` does not retry on its own: the token manager owns retrying.
+fn final_error(message: String) -> azure_core::Error {
+    azure_core::Error::with_message(azure_core::error::ErrorKind::Other, message)
+}
+
 #[async_trait::async_trait]
 impl HttpClient for Transport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
         let target = self.route(request.url());
-        if &target == request.url() {
-            return self.client.execute_request(request).await;
+        let rerouted = &target != request.url();
+        let result = if rerouted {
+            let mut copy = request.clone();
+            *copy.url_mut() = target;
+            self.client.execute_request(&copy).await
+        } else {
+            self.client.execute_request(request).await
+        };
+        let response = match result {
+            Ok(r) => r,
+            // The managed identity credential retries connection failures for over a minute
+            // whatever its options say; hand the decision to the token manager instead.
+            Err(e) if rerouted => {
+                return Err(final_error(format!("managed identity endpoint: {e}")));
+            }
+            Err(e) => return Err(e),
+        };
+        let status = u16::from(response.status());
+        if status < 400 {
+            return Ok(response);
         }
-        let mut rerouted = request.clone();
-        *rerouted.url_mut() = target;
-        self.client.execute_request(&rerouted).await
+        let (code, headers, body) = response.deconstruct();
+        let bytes = body.collect().await?;
+        let error = parse_error_response(status, &headers, &bytes);
+        record(error);
+        if rerouted {
+            return Err(final_error(format!(
+                "managed identity endpoint answered HTTP {status}"
+            )));
+        }
+        Ok(AsyncRawResponse::from_bytes(code, headers, bytes))
     }
 }
 

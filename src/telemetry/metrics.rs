@@ -173,7 +173,14 @@ impl Metrics {
     }
 
     /// Counts one refresh of a credential and how long it waited for its token.
-    pub fn record_refresh(&self, namespace: &str, name: &str, flow: &str, ok: bool, took: Duration) {
+    pub fn record_refresh(
+        &self,
+        namespace: &str,
+        name: &str,
+        flow: &str,
+        ok: bool,
+        took: Duration,
+    ) {
         let labels = RefreshLabels {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -201,7 +208,10 @@ impl Metrics {
     /// Records when the token in a credential's Secret expires, in Unix seconds.
     pub fn set_expiry(&self, namespace: &str, name: &str, expires_at_unix: i64) {
         let labels = credential_labels(namespace, name);
-        self.inner.expiry.get_or_create(&labels).set(expires_at_unix);
+        self.inner
+            .expiry
+            .get_or_create(&labels)
+            .set(expires_at_unix);
         self.remember(namespace, name, |_| true);
     }
 
@@ -250,8 +260,12 @@ impl Metrics {
                 };
                 inner.refreshes.remove(&labels);
             }
-            inner.verifications.remove(&result_labels(namespace, name, result));
-            inner.rollout_restarts.remove(&result_labels(namespace, name, result));
+            inner
+                .verifications
+                .remove(&result_labels(namespace, name, result));
+            inner
+                .rollout_restarts
+                .remove(&result_labels(namespace, name, result));
         }
         for condition in &seen.conditions {
             for status in STATUSES {
@@ -276,7 +290,10 @@ impl Metrics {
     }
 
     fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialLabels, Seen>> {
-        self.inner.seen.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -347,15 +364,24 @@ mod tests {
 
     fn series_of(metrics: &Metrics, name: &str) -> Vec<String> {
         let lines = lines(metrics);
-        lines.into_iter().filter(|l| l.contains(name) && !l.starts_with('#')).collect()
+        lines
+            .into_iter()
+            .filter(|l| l.contains(name) && !l.starts_with('#'))
+            .collect()
     }
 
     #[test]
     fn expiry_is_a_gauge_in_seconds_per_credential() {
         let metrics = Metrics::new();
         metrics.set_expiry("shop", "orders-cache", 1_700_000_000);
-        assert!(has(&metrics, "# TYPE amr_credential_token_expiry_timestamp_seconds gauge"));
-        assert!(has(&metrics, "# UNIT amr_credential_token_expiry_timestamp_seconds seconds"));
+        assert!(has(
+            &metrics,
+            "# TYPE amr_credential_token_expiry_timestamp_seconds gauge"
+        ));
+        assert!(has(
+            &metrics,
+            "# UNIT amr_credential_token_expiry_timestamp_seconds seconds"
+        ));
         assert!(has(
             &metrics,
             "amr_credential_token_expiry_timestamp_seconds\
@@ -369,6 +395,7 @@ mod tests {
         metrics.record_refresh("shop", "orders", FLOW, true, Duration::from_millis(120));
         metrics.record_refresh("shop", "orders", FLOW, false, Duration::from_millis(80));
         metrics.record_refresh("shop", "orders", FLOW, true, Duration::from_millis(90));
+        assert!(has(&metrics, "# TYPE amr_credential_refreshes counter"));
         let prefix = "amr_credential_refreshes_total{namespace=\"shop\",name=\"orders\",\
                       flow=\"WorkloadIdentity\",result=";
         assert!(has(&metrics, &format!("{prefix}\"success\"}} 2")));
@@ -380,7 +407,10 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_refresh("shop", "orders", FLOW, true, Duration::from_millis(120));
         let flow = "flow=\"WorkloadIdentity\"";
-        assert!(has(&metrics, "# TYPE amr_credential_token_acquisition_seconds histogram"));
+        assert!(has(
+            &metrics,
+            "# TYPE amr_credential_token_acquisition_seconds histogram"
+        ));
         assert!(has(
             &metrics,
             &format!("amr_credential_token_acquisition_seconds_count{{{flow}}} 1")
@@ -400,7 +430,10 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_retry(FLOW);
         metrics.record_requests_saved(3);
-        assert!(has(&metrics, "amr_credential_retries_total{flow=\"WorkloadIdentity\"} 1"));
+        assert!(has(
+            &metrics,
+            "amr_credential_retries_total{flow=\"WorkloadIdentity\"} 1"
+        ));
         assert!(has(&metrics, "amr_credential_entra_requests_saved_total 3"));
     }
 
@@ -460,8 +493,18 @@ mod tests {
         metrics.forget("shop", "orders");
 
         let series = series_of(&metrics, "namespace=\"shop\"");
-        assert!(series.iter().all(|l| !l.contains("name=\"orders\"")), "{series:#?}");
-        assert_eq!(series.iter().filter(|l| l.contains("name=\"carts\"")).count(), 9);
+        assert!(
+            series.iter().all(|l| !l.contains("name=\"orders\"")),
+            "{series:#?}"
+        );
+        // Expiry, two refresh series, three condition statuses, a verification, a restart.
+        assert_eq!(
+            series
+                .iter()
+                .filter(|l| l.contains("name=\"carts\""))
+                .count(),
+            8
+        );
     }
 
     #[test]
@@ -470,7 +513,10 @@ mod tests {
         metrics.record_refresh("shop", "orders", FLOW, true, Duration::ZERO);
         metrics.record_retry(FLOW);
         metrics.forget("shop", "orders");
-        assert!(has(&metrics, "amr_credential_retries_total{flow=\"WorkloadIdentity\"} 1"));
+        assert!(has(
+            &metrics,
+            "amr_credential_retries_total{flow=\"WorkloadIdentity\"} 1"
+        ));
         assert!(has(
             &metrics,
             "amr_credential_token_acquisition_seconds_count{flow=\"WorkloadIdentity\"} 1"
@@ -481,11 +527,17 @@ mod tests {
     fn clones_record_into_the_same_registry() {
         let metrics = Metrics::new();
         metrics.clone().record_retry(FLOW);
-        assert!(has(&metrics, "amr_credential_retries_total{flow=\"WorkloadIdentity\"} 1"));
+        assert!(has(
+            &metrics,
+            "amr_credential_retries_total{flow=\"WorkloadIdentity\"} 1"
+        ));
     }
 
     #[test]
     fn the_exposition_ends_with_the_openmetrics_eof_marker() {
-        assert_eq!(lines(&Metrics::new()).last().map(String::as_str), Some("# EOF"));
+        assert_eq!(
+            lines(&Metrics::new()).last().map(String::as_str),
+            Some("# EOF")
+        );
     }
 }

@@ -100,12 +100,18 @@ mod tests {
 
     #[test]
     fn a_new_readiness_is_not_ready() {
-        assert_eq!(Readiness::new().check(), Err("leader election has not settled"));
+        assert_eq!(
+            Readiness::new().check(),
+            Err("leader election has not settled")
+        );
     }
 
     #[test]
     fn a_single_replica_is_ready_once_caches_sync() {
-        assert_eq!(readiness(Role::Single, false).check(), Err("caches have not synced"));
+        assert_eq!(
+            readiness(Role::Single, false).check(),
+            Err("caches have not synced")
+        );
         assert!(readiness(Role::Single, true).is_ready());
     }
 

@@ -94,7 +94,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     match readiness.check() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
@@ -183,7 +186,10 @@ mod tests {
         let readiness = ready(Role::Leader, false);
         let server = start(Metrics::new(), readiness).await;
         let (status, _, body) = get(format!("{}/readyz", server.base)).await;
-        assert_eq!((status, body.as_str()), (503, "not ready: caches have not synced\n"));
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready: caches have not synced\n")
+        );
     }
 
     #[tokio::test]
@@ -192,7 +198,10 @@ mod tests {
         let server = start(Metrics::new(), readiness.clone()).await;
         let url = format!("{}/readyz", server.base);
         let (before, _, body) = get(url.clone()).await;
-        assert_eq!((before, body.as_str()), (503, "not ready: leader election has not settled\n"));
+        assert_eq!(
+            (before, body.as_str()),
+            (503, "not ready: leader election has not settled\n")
+        );
 
         readiness.set_role(Role::Standby);
         let (after, _, body) = get(url).await;
@@ -211,7 +220,10 @@ mod tests {
         let server = start(Metrics::new(), Readiness::new()).await;
         server.stop.send(()).unwrap();
         server.task.await.unwrap().unwrap();
-        let refused = client().get(format!("{}/healthz", server.base)).send().await;
+        let refused = client()
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await;
         assert!(refused.is_err());
     }
 
@@ -219,10 +231,18 @@ mod tests {
     async fn binding_a_taken_address_fails_with_the_address() {
         let taken = TelemetryServer::bind(LOOPBACK).await.unwrap();
         let addr = taken.local_addr();
-        let err = serve(addr, Metrics::new(), Readiness::new(), std::future::pending())
-            .await
-            .unwrap_err();
+        let err = serve(
+            addr,
+            Metrics::new(),
+            Readiness::new(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, TelemetryError::BindFailed { addr: a, .. } if a == addr));
-        assert_eq!(err.to_string(), format!("binding the telemetry server to {addr} failed"));
+        assert_eq!(
+            err.to_string(),
+            format!("binding the telemetry server to {addr} failed")
+        );
     }
 }

@@ -14,6 +14,24 @@ pub const DEFAULT_TENANT: &str = "7e5a0000-0000-4000-8000-00000000e1d0";
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 /// What the emulator knows: its tenant, token lifetime and registered identities.
+///
+/// In YAML (every key optional):
+///
+/// ```yaml
+/// tenant: 7e5a0000-0000-4000-8000-00000000e1d0
+/// token_lifetime_secs: 60
+/// apps:
+///   - { client_id: app-1, object_id: oid-app-1, client_secret: s3cret }
+/// managed_identities:
+///   - { client_id: mi-1, object_id: oid-mi-1, system_assigned: true }
+/// federated_credentials:
+///   - client_id: app-1
+///     object_id: oid-app-1
+///     issuer: https://kubernetes.default.svc.cluster.local
+///     subject: system:serviceaccount:shop:cart
+/// users:
+///   - { name: alice, object_id: oid-alice, client_id: cli, refresh_token: rt-1 }
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EntraConfig {

@@ -281,3 +281,79 @@ fn redeem(
         refresh_token,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::entra::config::{AppRegistration, EntraConfig, User};
+
+    fn directory() -> Directory {
+        let config = EntraConfig::default()
+            .with_tenant("t")
+            .with_app(AppRegistration::new("app", "oid-app").with_secret("pw"))
+            .with_user(User::new("alice", "oid-alice", "cli", "rt-1"));
+        Directory::new(&config).unwrap()
+    }
+
+    fn form(pairs: &[(&str, &str)]) -> TokenForm {
+        TokenForm(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn secret_form(scope: &str) -> TokenForm {
+        let pairs = [("grant_type", "client_credentials"), ("client_id", "app")];
+        form(&[&pairs[..], &[("client_secret", "pw"), ("scope", scope)]].concat())
+    }
+
+    #[test]
+    fn client_credentials_need_a_default_scope() {
+        let refusal = decide(&directory(), "t", &secret_form("https://x/read"), "", 0);
+        assert_eq!(refusal.unwrap_err().code, 1002012);
+        let grant = decide(&directory(), "t", &secret_form("https://x/.default"), "", 0);
+        assert_eq!(grant.unwrap().audience, "https://x");
+    }
+
+    #[test]
+    fn an_app_is_unknown_in_another_tenant() {
+        let refusal = decide(
+            &directory(),
+            "other",
+            &secret_form("https://x/.default"),
+            "",
+            0,
+        );
+        assert_eq!(refusal.unwrap_err().code, 700016);
+    }
+
+    #[test]
+    fn a_refresh_token_only_works_for_the_client_it_was_issued_to() {
+        let redeem = |client| {
+            let pairs = [("grant_type", "refresh_token"), ("client_id", client)];
+            form(
+                &[
+                    &pairs[..],
+                    &[("refresh_token", "rt-1"), ("scope", "https://x/.default")],
+                ]
+                .concat(),
+            )
+        };
+        let dir = directory();
+        let refusal = decide(&dir, "t", &redeem("intruder"), "", 0).unwrap_err();
+        assert_eq!(refusal.error, "invalid_grant");
+        let grant = decide(&dir, "common", &redeem("cli"), "", 0).unwrap();
+        assert_eq!(
+            (grant.principal.kind, grant.principal.tenant.as_str()),
+            ("user", "t")
+        );
+    }
+
+    #[test]
+    fn a_request_without_grant_type_names_the_missing_parameter() {
+        let refusal = decide(&directory(), "t", &form(&[("client_id", "app")]), "", 0);
+        assert!(refusal.unwrap_err().description.contains("'grant_type'"));
+    }
+}

@@ -52,7 +52,6 @@ impl OAuthError {
             "timestamp": timestamp,
             "trace_id": trace_id,
             "correlation_id": correlation_id,
-            "error_uri": format!("https://login.microsoftonline.com/error?code={}", self.code),
         })
     }
 }
