@@ -132,7 +132,7 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let target = ProbeTarget::tls(amr.host(), amr.tls_port());
 
-    print_header(&entra, &amr, &output_dir, &credentials, args.duration);
+    print_header(&entra, &amr, &ca_path, &output_dir, &credentials, args.duration);
     let names: Vec<String> = credentials.iter().map(|c| c.name.clone()).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
@@ -415,6 +415,7 @@ async fn auth_from_files(
 fn print_header(
     entra: &EntraEmulator,
     amr: &AmrEmulator,
+    ca: &Path,
     out: &Path,
     creds: &[LocalCredential],
     duration: u64,
@@ -425,6 +426,7 @@ fn print_header(
         amr.host(),
         amr.tls_port()
     );
+    println!("CA certificate:    {}", ca.display());
     println!("Credential files:  {}", out.display());
     println!("Credentials:");
     for c in creds {
