@@ -4,6 +4,7 @@ use crate::identity::material::{FileMaterial, KubeMaterial, Material};
 use crate::identity::source::{AmbientEnv, AzureTokenSource, SourceConfig};
 use crate::identity::transport::{TransportConfig, ca_files_with_env};
 use crate::local::{self, LocalEvent, LocalOptions};
+use crate::probe::ProbeOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use url::Url;
 
-/// Where tokens come from: every endpoint is configurable.
+/// Where tokens come from (every endpoint is configurable), and how `spec.verify` checks
+/// them: shared by `run` and `run --local`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdentityArgs {
     /// Entra ID authority host, such as https://login.microsoftonline.com.
@@ -37,6 +39,56 @@ pub struct IdentityArgs {
     /// Seconds one token request may take before it counts as failed.
     #[arg(long, env = "AMR_TOKEN_REQUEST_TIMEOUT", default_value_t = 30)]
     pub token_request_timeout: u64,
+    /// How new tokens are verified against Redis.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+/// How `spec.verify` probes Redis with each new token.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// CA certificates (PEM) to trust when verifying tokens against Redis, besides the
+    /// built-in roots (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "redis-ca-file",
+        env = "AMR_REDIS_CA_FILE",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub redis_ca_files: Vec<PathBuf>,
+    /// Limit on each network step of a verification, such as `5s` or `500ms`; a bare number
+    /// is seconds.
+    #[arg(long, env = "AMR_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl VerifyArgs {
+    /// The probe options these arguments describe.
+    ///
+    /// # Errors
+    /// A message for the user when a CA file cannot be read or holds no certificate.
+    pub fn probe_options(&self) -> Result<ProbeOptions, String> {
+        let mut options = ProbeOptions::new(self.redis_timeout).map_err(|e| e.to_string())?;
+        for path in &self.redis_ca_files {
+            options = options.trust_file(path).map_err(|e| e.to_string())?;
+        }
+        Ok(options)
+    }
+}
+
+/// Parses `5s`, `500ms`, `1m 30s` or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds = text.trim().parse::<f64>().ok();
+    let duration = match seconds {
+        Some(s) if s.is_finite() && s > 0.0 => Duration::try_from_secs_f64(s).ok(),
+        Some(_) => None,
+        None => text
+            .parse::<jiff::SignedDuration>()
+            .ok()
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero()),
+    };
+    duration.ok_or_else(|| format!("{text:?} is not a positive duration such as 5s or 500ms"))
 }
 
 impl IdentityArgs {
@@ -119,6 +171,13 @@ pub async fn run_local(file: PathBuf, args: &LocalArgs, identity: &IdentityArgs)
             return ExitCode::from(2);
         }
     };
+    let probe = match identity.verify.probe_options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<LocalEvent>();
     tokio::spawn(async move {
@@ -127,10 +186,12 @@ pub async fn run_local(file: PathBuf, args: &LocalArgs, identity: &IdentityArgs)
     });
     // Log lines are written by the loop itself; the events are only drained here.
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-    local::run(
+    let options = LocalOptions { output_dir };
+    local::run_with(
         credentials,
         source,
-        LocalOptions { output_dir },
+        options,
+        Some(probe),
         events_tx,
         stop_rx,
     )
@@ -163,4 +224,53 @@ pub async fn shutdown_signal() {
 /// Kubernetes-backed material for the controller.
 pub fn kube_material(client: kube::Client) -> Arc<dyn Material> {
     Arc::new(KubeMaterial::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    }
+
+    fn verify_args(args: &[&str]) -> VerifyArgs {
+        let argv = std::iter::once("run").chain(args.iter().copied());
+        Run::try_parse_from(argv).unwrap().identity.verify
+    }
+
+    #[test]
+    fn redis_ca_files_repeat_and_the_timeout_takes_units() {
+        let args = ["--redis-ca-file", "a.pem", "--redis-ca-file", "b.pem"];
+        let verify = verify_args(&[&args[..], &["--redis-timeout", "500ms"]].concat());
+        assert_eq!(
+            verify.redis_ca_files,
+            [PathBuf::from("a.pem"), "b.pem".into()]
+        );
+        assert_eq!(verify.redis_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_redis_timeout_defaults_to_five_seconds_and_must_be_positive() {
+        assert_eq!(verify_args(&[]).redis_timeout, Duration::from_secs(5));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2_500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_redis_ca_file_that_is_not_pem_is_refused_with_its_path() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "not a certificate").unwrap();
+        let mut verify = verify_args(&[]);
+        verify.redis_ca_files = vec![file.path().to_owned()];
+        let message = verify.probe_options().unwrap_err();
+        assert!(
+            message.contains(&file.path().display().to_string()),
+            "{message}"
+        );
+    }
 }

@@ -132,7 +132,14 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let target = ProbeTarget::tls(amr.host(), amr.tls_port());
 
-    print_header(&entra, &amr, &ca_path, &output_dir, &credentials, args.duration);
+    print_header(
+        &entra,
+        &amr,
+        &ca_path,
+        &output_dir,
+        &credentials,
+        args.duration,
+    );
     let names: Vec<String> = credentials.iter().map(|c| c.name.clone()).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
@@ -345,6 +352,7 @@ async fn on_event(
             refresh_at,
             shared,
             fingerprint,
+            ..
         } => {
             let tally = tallies.entry(name.clone()).or_default();
             tally.writes += 1;

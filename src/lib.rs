@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod identity;
 pub mod leader;
 pub mod local;
+pub mod login;
 pub mod probe;
 pub mod runner;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 
 use amr_credential_operator::cli::{IdentityArgs, LocalArgs};
 use amr_credential_operator::telemetry::logging::{self, LogFormat};
-use amr_credential_operator::{demo, emulator, probe, runner};
+use amr_credential_operator::{demo, emulator, login, probe, runner};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -37,6 +37,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Verify credentials against Redis: TLS, AUTH, PING, ACL WHOAMI.
     Probe(probe::cli::ProbeArgs),
+    /// Sign a person in for an AuthorizationCodeWithPKCE credential and store the refresh token.
+    Login(Box<login::cli::LoginArgs>),
     /// Run the whole loop on this machine against local Entra ID and AMR emulators.
     Demo(demo::DemoArgs),
     /// Print the AmrCredential CustomResourceDefinition as YAML.
@@ -58,6 +60,11 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Probe(args) => probe::cli::main(args).await,
+        Command::Login(args) => {
+            // The command prints its own story; library logs only for warnings.
+            logging::init(cli.log_format, "warn");
+            login::cli::main(*args).await
+        }
         Command::Emulator(args) => {
             logging::init(cli.log_format, &cli.log_level);
             emulator::cli::main(args).await

@@ -37,6 +37,12 @@ pub const ROLLOUT_RESTART_DONE: &str = "RolloutRestarted";
 pub const ROLLOUT_TARGET_NOT_FOUND: &str = "RolloutTargetNotFound";
 /// Reason: a rollout restart target could not be patched.
 pub const ROLLOUT_RESTART_FAILED: &str = "RolloutRestartFailed";
+/// Reason: the token passed every check against `spec.redis`.
+pub const VERIFICATION_PASSED: &str = "VerificationPassed";
+/// Reason: the token failed a check against `spec.redis`.
+pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+/// Reason: verification is enabled but `spec.redis` names no endpoint.
+pub const NO_REDIS_ENDPOINT: &str = "NoRedisEndpoint";
 
 /// A condition to set.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 
 pub mod conditions;
 pub mod decide;
+mod observe;
 mod reconcile;
 pub mod rollout;
 pub mod secret;
@@ -15,7 +16,9 @@ pub mod secret;
 mod testing;
 #[cfg(test)]
 mod tests;
+pub mod verification;
 
+pub use observe::Observers;
 pub use reconcile::reconcile;
 
 use crate::api::{AmrCredential, REFRESH_REQUESTED_ANNOTATION};
@@ -27,10 +30,11 @@ use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use std::collections::HashMap;
+use observe::{CredentialKey, CredentialMetrics};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,12 +65,17 @@ impl Default for ControllerConfig {
     }
 }
 
+/// How often the metrics of deleted credentials are removed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
     tokens: Arc<dyn TokenSource>,
     recorder: Recorder,
     config: ControllerConfig,
+    observers: Observers,
+    metrics: CredentialMetrics,
     started_at: Timestamp,
     clock: fn() -> Timestamp,
     /// Consecutive reconcile errors per object, for the error policy's backoff.
@@ -74,17 +83,30 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context whose clock is the system clock.
+    /// A context whose clock is the system clock, reporting to default observers.
     pub fn new(client: Client, tokens: Arc<dyn TokenSource>, config: ControllerConfig) -> Self {
+        Context::observed(client, tokens, config, Observers::default())
+    }
+
+    /// A context whose clock is the system clock, reporting to `observers`.
+    pub fn observed(
+        client: Client,
+        tokens: Arc<dyn TokenSource>,
+        config: ControllerConfig,
+        observers: Observers,
+    ) -> Self {
         let reporter = Reporter {
             controller: secret::FIELD_MANAGER.to_string(),
             instance: config.instance.clone(),
         };
+        let metrics = CredentialMetrics::new(observers.metrics.clone(), tokens.saved_requests());
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             tokens,
             config,
+            observers,
+            metrics,
             started_at: Timestamp::now(),
             clock: Timestamp::now,
             errors: Mutex::default(),
@@ -199,7 +221,8 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// Runs the controller until `shutdown` completes, then lets running reconciles finish.
+/// Runs the controller until `shutdown` completes, then lets running reconciles finish;
+/// metrics and readiness go to default observers.
 ///
 /// # Errors
 /// [`Error::CrdQueryFailed`] when AmrCredentials cannot be listed at start-up.
@@ -207,6 +230,22 @@ pub async fn run(
     client: Client,
     tokens: Arc<dyn TokenSource>,
     config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    run_with(client, tokens, config, Observers::default(), shutdown).await
+}
+
+/// Runs the controller like [`run`], reporting to `observers`: readiness turns synced once
+/// every watch has listed its AmrCredentials, and turns back when the controller stops
+/// (its future dropped included), which also removes every credential's metrics.
+///
+/// # Errors
+/// [`Error::CrdQueryFailed`] when AmrCredentials cannot be listed at start-up.
+pub async fn run_with(
+    client: Client,
+    tokens: Arc<dyn TokenSource>,
+    config: ControllerConfig,
+    observers: Observers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let scopes = scopes(&config.watch_namespaces);
@@ -218,16 +257,69 @@ pub async fn run(
     }
     tracing::info!(namespaces = ?config.watch_namespaces, "Controller starting");
 
-    let ctx = Arc::new(Context::new(client.clone(), tokens, config));
+    let ctx = Arc::new(Context::observed(client.clone(), tokens, config, observers));
+    let _stopped = Stopped(ctx.clone());
     let shutdown = shutdown.shared();
-    let controllers = scopes
-        .into_iter()
-        .map(|scope| controller(client.clone(), scope, ctx.clone(), shutdown.clone()).boxed());
-    futures::stream::select_all(controllers)
-        .for_each(|result| async move { log_run_error(result) })
-        .await;
+    let mut stores = Vec::with_capacity(scopes.len());
+    let mut controllers = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        let (reader, writer) = reflector::store();
+        stores.push(reader.clone());
+        let stream = controller(
+            client.clone(),
+            scope,
+            (reader, writer),
+            ctx.clone(),
+            shutdown.clone(),
+        );
+        controllers.push(stream.boxed());
+    }
+    let run = futures::stream::select_all(controllers)
+        .for_each(|result| async move { log_run_error(result) });
+    // Upkeep never ends: the controllers' end is the end of the run.
+    futures::future::select(std::pin::pin!(run), std::pin::pin!(upkeep(stores, &ctx))).await;
     tracing::info!("Controller stopped");
     Ok(())
+}
+
+/// Marks readiness synced once every store has been listed, then removes the metrics of
+/// deleted credentials now and then.
+async fn upkeep(stores: Vec<Store<AmrCredential>>, ctx: &Context) {
+    for store in &stores {
+        if store.wait_until_ready().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+    ctx.observers.readiness.set_synced(true);
+    tracing::info!("Caches synced");
+
+    let mut every = tokio::time::interval(SWEEP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        // Recorded before the stores are read: a credential recorded in between is kept.
+        let recorded = ctx.metrics.recorded();
+        ctx.metrics.sweep(recorded, &live(&stores));
+    }
+}
+
+/// Every credential the stores hold.
+fn live(stores: &[Store<AmrCredential>]) -> HashSet<CredentialKey> {
+    stores
+        .iter()
+        .flat_map(Store::state)
+        .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
+        .collect()
+}
+
+/// Resets readiness and removes the metrics of a run when it ends, however it ends.
+struct Stopped(Arc<Context>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.observers.readiness.set_synced(false);
+        self.0.metrics.forget_all();
+    }
 }
 
 /// Failed reconciles are logged by the error policy; watch failures are logged here.
@@ -263,10 +355,13 @@ type RunResult = Result<
 fn controller(
     client: Client,
     namespace: Option<String>,
+    (reader, writer): (
+        Store<AmrCredential>,
+        reflector::store::Writer<AmrCredential>,
+    ),
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = RunResult> + Send {
-    let (reader, writer) = reflector::store();
     // Status writes change neither generation nor the refresh request, so they wake nothing.
     let api = credentials_api(&client, namespace.as_deref());
     let credentials = watcher(api, watcher::Config::default())

@@ -1,9 +1,10 @@
 //! One reconcile: gather the credential and its Secret, decide, then act.
 
-use super::conditions::{self, Outcome, TokenState, next_status, status_patch};
+use super::conditions::{self, Outcome, TokenState, next_status, set_condition, status_patch};
 use super::decide::{Decision, Observed, Why, decide};
 use super::rollout::{self, Restart, RestartResult};
 use super::secret::{self, DesiredSecret, ExistingSecret, RenderedSecret};
+use super::verification::{self, Verification};
 use super::{Context, Error, object_key};
 use crate::api::{
     AmrCredential, AmrCredentialStatus, REFRESH_REQUESTED_ANNOTATION, ResolvedSpec, SpecError,
@@ -11,6 +12,7 @@ use crate::api::{
 };
 use crate::identity::claims::TokenClaims;
 use crate::identity::{AcquiredToken, RefreshFailure};
+use crate::probe::{self, ProbeTarget};
 use crate::token_manager::{ROUND_BACKOFF_MAX, next_round_at, refresh_at};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -18,8 +20,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
+use secrecy::SecretString;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Longest Event note the API server accepts.
@@ -75,10 +78,12 @@ impl<'a> Reconcile<'a> {
 
     async fn run(&self) -> Result<Action, Error> {
         let resolved = validate(&self.name, &self.obj.spec);
-        let existing = match &resolved {
-            Ok(r) => self.existing_secret(r).await?,
+        let found = match &resolved {
+            Ok(r) => self.get_secret(r).await?,
             Err(_) => None,
         };
+        let existing = found.as_ref().zip(resolved.as_ref().ok());
+        let existing = existing.map(|(s, r)| secret::read_back(s, &self.uid, &self.name, &r.keys));
 
         let requested = self.obj.annotations().get(REFRESH_REQUESTED_ANNOTATION);
         let decision = decide(&Observed {
@@ -94,97 +99,125 @@ impl<'a> Reconcile<'a> {
             ambient_namespaces: &self.ctx.config.ambient_identity_namespaces,
         });
 
-        self.act(&decision, resolved.as_ref(), existing.as_ref())
-            .await
+        let (action, status) = self
+            .act(
+                &decision,
+                resolved.as_ref(),
+                existing.as_ref(),
+                found.as_ref(),
+            )
+            .await?;
+        self.ctx.metrics.status(self.namespace, &self.name, &status);
+        Ok(action)
     }
 
+    /// Acts on the decision; returns the requeue and the status the credential ends with.
     async fn act(
         &self,
         decision: &Decision,
         resolved: Result<&ResolvedSpec, &SpecError>,
         existing: Option<&ExistingSecret>,
-    ) -> Result<Action, Error> {
+        found: Option<&Secret>,
+    ) -> Result<(Action, AmrCredentialStatus), Error> {
         match (decision, resolved) {
             // decide turns every invalid spec into InvalidSpec; both arms say so.
             (Decision::InvalidSpec(m), _) | (_, Err(SpecError(m))) => {
-                self.report(Outcome::InvalidSpec(m), conditions::INVALID_SPEC)
+                let status = self
+                    .report(Outcome::InvalidSpec(m), conditions::INVALID_SPEC)
                     .await?;
-                Ok(Action::await_change())
+                Ok((Action::await_change(), status))
             }
             (Decision::NotAllowed(m), _) => {
-                self.report(Outcome::NotAllowed(m), conditions::NOT_ALLOWED)
+                let status = self
+                    .report(Outcome::NotAllowed(m), conditions::NOT_ALLOWED)
                     .await?;
-                Ok(Action::await_change())
+                Ok((Action::await_change(), status))
             }
             (Decision::Conflict(m), Ok(r)) => {
                 let outcome = Outcome::Conflict {
                     secret: &r.secret_name,
                     message: m,
                 };
-                self.report(outcome, conditions::SECRET_CONFLICT).await?;
-                Ok(Action::requeue(ROUND_BACKOFF_MAX))
+                let status = self.report(outcome, conditions::SECRET_CONFLICT).await?;
+                Ok((Action::requeue(ROUND_BACKOFF_MAX), status))
             }
             (Decision::Fresh { requeue_at }, Ok(r)) => {
-                self.fresh(r, existing).await?;
-                Ok(requeue_until(self.now, *requeue_at))
+                let status = self.fresh(r, existing, found).await?;
+                Ok((requeue_until(self.now, *requeue_at), status))
             }
             (Decision::Refresh(why), Ok(r)) => self.refresh(r, existing, *why).await,
         }
     }
 
-    async fn existing_secret(&self, r: &ResolvedSpec) -> Result<Option<ExistingSecret>, Error> {
-        let secret = self
-            .secrets()
+    async fn get_secret(&self, r: &ResolvedSpec) -> Result<Option<Secret>, Error> {
+        self.secrets()
             .get_opt(&r.secret_name)
             .await
             .map_err(|source| Error::SecretGetFailed {
                 name: r.secret_name.clone(),
                 source,
-            })?;
-        Ok(secret.map(|s| secret::read_back(&s, &self.uid, &self.name, &r.keys)))
+            })
     }
 
     /// Reports a problem with the spec or the Secret, with a Warning Event when it is new.
-    async fn report(&self, outcome: Outcome<'_>, reason: &str) -> Result<(), Error> {
+    async fn report(
+        &self,
+        outcome: Outcome<'_>,
+        reason: &str,
+    ) -> Result<AmrCredentialStatus, Error> {
         let new = next_status(&self.old, &outcome, self.generation(), self.now);
         if new == self.old {
-            return Ok(());
+            return Ok(new);
         }
         let message = new.last_error.clone().unwrap_or_default();
         tracing::warn!(reason, message = %message, "Credential cannot be refreshed");
         self.patch_status(&self.old, &new).await?;
         self.publish(EventType::Warning, reason, "Reconcile", &message)
             .await;
-        Ok(())
+        Ok(new)
     }
 
-    /// A current Secret: nothing is requested or written; the status only catches up.
+    /// A current Secret: nothing is requested or written; the status only catches up, and
+    /// the token is verified when that is due.
     async fn fresh(
         &self,
         r: &ResolvedSpec,
         existing: Option<&ExistingSecret>,
-    ) -> Result<(), Error> {
+        found: Option<&Secret>,
+    ) -> Result<AmrCredentialStatus, Error> {
         let Some((claims, refresh_at)) =
             existing.and_then(|e| Some((e.claims.as_ref()?, e.refresh_at?)))
         else {
-            return Ok(());
+            return Ok(self.old.clone());
         };
         tracing::debug!(refresh_at = %refresh_at, "Secret is current");
+        let token = token_state(claims);
         let outcome = Outcome::Fresh {
             secret: &r.secret_name,
-            token: token_state(claims),
+            token: token.clone(),
             refresh_at,
         };
-        if next_status(&self.old, &outcome, self.generation(), self.now) == self.old {
-            return Ok(());
+        let unverified =
+            self.verify_enabled() && verification::due(&self.old, self.generation(), &token);
+        let new = next_status(&self.old, &outcome, self.generation(), self.now);
+        if new == self.old && !unverified {
+            return Ok(new);
         }
+
         // The cache may lag behind a status written moments ago: catch up from a fresh read.
         let current = self.current_status().await?;
-        let new = next_status(&current, &outcome, self.generation(), self.now);
+        let password = found.and_then(|s| secret::password(s, &r.keys));
+        let verified = match password {
+            Some(p) => self.verify(&current, &token, &p, false).await,
+            None => None,
+        };
+        let mut new = next_status(&current, &outcome, self.generation(), self.now);
+        self.set_verified(&mut new, verified.as_ref());
         if new != current {
             self.patch_status(&current, &new).await?;
         }
-        Ok(())
+        self.announce_verification(verified.as_ref()).await;
+        Ok(new)
     }
 
     async fn refresh(
@@ -192,13 +225,19 @@ impl<'a> Reconcile<'a> {
         r: &ResolvedSpec,
         existing: Option<&ExistingSecret>,
         why: Why,
-    ) -> Result<Action, Error> {
+    ) -> Result<(Action, AmrCredentialStatus), Error> {
         tracing::debug!(why = why.as_str(), "Requesting a token");
+        let started = Instant::now();
         let fetched = self
             .ctx
             .tokens
             .fetch(self.namespace, &self.name, &self.obj.spec, r)
             .await;
+        let flow = self.obj.spec.flow.flow_type.as_str();
+        let metrics = &self.ctx.metrics;
+        let failure = fetched.as_ref().err();
+        metrics.refresh(self.namespace, &self.name, flow, failure, started.elapsed());
+        metrics.saved_requests(self.ctx.tokens.saved_requests());
         match fetched {
             Ok(token) => self.write(r, existing, &token, why).await,
             Err(failure) => self.failed(r, existing, &failure).await,
@@ -212,7 +251,7 @@ impl<'a> Reconcile<'a> {
         existing: Option<&ExistingSecret>,
         token: &AcquiredToken,
         why: Why,
-    ) -> Result<Action, Error> {
+    ) -> Result<(Action, AmrCredentialStatus), Error> {
         let claims = &token.claims;
         let due = refresh_at(claims.issued_at, claims.expires_at, &r.token_manager);
         let rendered = self.render(r, token, due)?;
@@ -226,11 +265,18 @@ impl<'a> Reconcile<'a> {
             Some(_) if data_changed => self.restart_workloads().await,
             _ => Vec::new(),
         };
+        let state = token_state(claims);
+        let verified = self
+            .verify(&self.old, &state, &token.token, data_changed)
+            .await;
 
-        self.record_refresh(r, claims, due, &restarts).await?;
+        let status = self
+            .record_refresh(r, state, due, &restarts, verified.as_ref())
+            .await?;
         if data_changed {
             self.announce_refresh(r, claims, due, why).await;
         }
+        self.announce_verification(verified.as_ref()).await;
         self.publish_restarts(&restarts).await;
         // A token already due when issued is retried like a failure, not in a tight loop.
         let next = if due > self.now {
@@ -238,26 +284,81 @@ impl<'a> Reconcile<'a> {
         } else {
             next_round_at(self.now, 1, Some(claims.expires_at))
         };
-        Ok(requeue_until(self.now, next))
+        Ok((requeue_until(self.now, next), status))
     }
 
     async fn record_refresh(
         &self,
         r: &ResolvedSpec,
-        claims: &TokenClaims,
+        token: TokenState,
         due: Timestamp,
         restarts: &[RestartResult],
-    ) -> Result<(), Error> {
+        verified: Option<&Verification>,
+    ) -> Result<AmrCredentialStatus, Error> {
         let outcome = Outcome::Refreshed {
             secret: &r.secret_name,
-            token: token_state(claims),
+            token,
             refresh_at: due,
         };
         let mut new = next_status(&self.old, &outcome, self.generation(), self.now);
         if let Some(update) = rollout::summarize(restarts) {
             new = conditions::with_rollout(new, update, self.generation(), self.now);
         }
-        self.update_status(&new).await
+        self.set_verified(&mut new, verified);
+        self.update_status(&new).await?;
+        Ok(new)
+    }
+
+    fn verify_enabled(&self) -> bool {
+        self.obj.spec.verify.as_ref().is_some_and(|v| v.enabled)
+    }
+
+    /// Verifies `token` against `spec.redis` when `spec.verify` asks for it and `status`
+    /// shows no verification of it yet, or when the token `changed`.
+    async fn verify(
+        &self,
+        status: &AmrCredentialStatus,
+        token: &TokenState,
+        password: &SecretString,
+        changed: bool,
+    ) -> Option<Verification> {
+        let due = changed || verification::due(status, self.generation(), token);
+        if !self.verify_enabled() || !due {
+            return None;
+        }
+        let Some(endpoint) = &self.obj.spec.redis else {
+            return Some(Verification::no_endpoint());
+        };
+        let target = ProbeTarget::from(endpoint);
+        let options = &self.ctx.observers.probe;
+        let report = probe::verify(&target, &token.object_id, password, options).await;
+        Some(Verification::from_report(&report))
+    }
+
+    fn set_verified(&self, status: &mut AmrCredentialStatus, verified: Option<&Verification>) {
+        if let Some(v) = verified {
+            let (generation, now) = (self.generation(), self.now);
+            set_condition(&mut status.conditions, v.condition.clone(), generation, now);
+        }
+    }
+
+    /// Counts a probe that ran, and warns when it failed; the token stays as it is.
+    async fn announce_verification(&self, verified: Option<&Verification>) {
+        let Some(v) = verified.filter(|v| v.probed) else {
+            return;
+        };
+        self.ctx
+            .metrics
+            .verification(self.namespace, &self.name, v.passed());
+        let message = &v.condition.message;
+        if v.passed() {
+            tracing::info!(message = %message, "Token verified");
+            return;
+        }
+        tracing::warn!(message = %message, "Token verification failed");
+        let reason = conditions::VERIFICATION_FAILED;
+        self.publish(EventType::Warning, reason, "Verify", message)
+            .await;
     }
 
     async fn announce_refresh(
@@ -309,7 +410,7 @@ impl<'a> Reconcile<'a> {
         r: &ResolvedSpec,
         existing: Option<&ExistingSecret>,
         failure: &RefreshFailure,
-    ) -> Result<Action, Error> {
+    ) -> Result<(Action, AmrCredentialStatus), Error> {
         let failures = self.old.consecutive_failures.saturating_add(1);
         let expires_at = existing.and_then(|e| e.expires_at);
         let mut next = next_round_at(self.now, failures, expires_at);
@@ -331,7 +432,7 @@ impl<'a> Reconcile<'a> {
         let new = next_status(&self.old, &outcome, self.generation(), self.now);
         self.update_status(&new).await?;
         self.announce_failure(failure, &new).await;
-        Ok(requeue_until(self.now, next))
+        Ok((requeue_until(self.now, next), new))
     }
 
     /// A Warning per failed round, and one more when the token has just expired.
@@ -360,6 +461,10 @@ impl<'a> Reconcile<'a> {
 
     async fn publish_restarts(&self, restarts: &[RestartResult]) {
         for r in restarts {
+            let ok = r.restart == Restart::Done;
+            self.ctx
+                .metrics
+                .rollout_restart(self.namespace, &self.name, ok);
             let what = rollout::describe(&r.target);
             let (kind, reason, note) = match &r.restart {
                 Restart::Done => (

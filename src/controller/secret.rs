@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -190,6 +190,13 @@ pub fn read_back(
         content_hash: content,
         honoured_request: annotation(HONOURED_REQUEST_ANNOTATION),
     }
+}
+
+/// The token under the password key of `secret`, when it is text.
+pub fn password(secret: &Secret, keys: &SecretKeys) -> Option<SecretString> {
+    let ByteString(bytes) = secret.data.as_ref()?.get(&keys.password)?;
+    let text = std::str::from_utf8(bytes).ok()?;
+    Some(SecretString::from(text.to_owned()))
 }
 
 /// Ours when our credential is its controller, or when it has no controller and carries our

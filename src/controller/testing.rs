@@ -38,6 +38,23 @@ pub fn token_at(iat: i64, lifetime: i64) -> AcquiredToken {
     }
 }
 
+/// A token for `oid` meant for Redis, issued now by the system clock, valid for an hour:
+/// what the probe accepts.
+pub fn redis_token(oid: &str) -> AcquiredToken {
+    let iat = Timestamp::now().as_second();
+    let payload = serde_json::json!({
+        "oid": oid, "aud": "https://redis.azure.com", "iat": iat, "exp": iat + 3600,
+    });
+    let token = format!(
+        "eyJhbGciOiJub25lIn0.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(payload.to_string())
+    );
+    AcquiredToken {
+        claims: claims::decode(&token).expect("the fixture token decodes"),
+        token: token.into(),
+    }
+}
+
 /// A failed round that exhausted its retries.
 pub fn outage() -> RefreshFailure {
     RefreshFailure {

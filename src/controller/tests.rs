@@ -1,13 +1,18 @@
 //! Reconcile tests: each states the exact API exchanges it expects, in order.
 
 use super::conditions::{Outcome, TokenState, next_status};
-use super::testing::{FakeTokens, NOW, credential, now, outage, token_at, written_secret};
-use super::{Context, ControllerConfig, reconcile};
-use crate::api::{
-    AmrCredential, AmrCredentialStatus, FlowType, REFRESH_REQUESTED_ANNOTATION,
-    RolloutRestartTarget, WorkloadKind,
+use super::testing::{
+    FakeTokens, NOW, credential, now, outage, redis_token, token_at, written_secret,
 };
+use super::{Context, ControllerConfig, Observers, reconcile};
+use crate::api::{
+    AmrCredential, AmrCredentialStatus, FlowType, REFRESH_REQUESTED_ANNOTATION, RedisEndpoint,
+    RolloutRestartTarget, VerifyConfig, WorkloadKind,
+};
+use crate::emulator::amr::AmrEmulator;
+use crate::emulator::pki::Ca;
 use crate::identity::{AcquiredToken, RefreshFailure};
+use crate::probe::ProbeOptions;
 use http::{Method, Request, Response};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -149,9 +154,21 @@ async fn reconcile_against(
     config: ControllerConfig,
     script: Vec<Exchange>,
 ) -> Action {
+    reconcile_observed(cred, tokens, config, Observers::default(), script).await
+}
+
+/// Like [`reconcile_against`], reporting to `observers`.
+async fn reconcile_observed(
+    cred: AmrCredential,
+    tokens: Vec<Result<AcquiredToken, RefreshFailure>>,
+    config: ControllerConfig,
+    observers: Observers,
+    script: Vec<Exchange>,
+) -> Action {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Context::new(client, Arc::new(FakeTokens::answering(tokens)), config);
+    let tokens = Arc::new(FakeTokens::answering(tokens));
+    let ctx = Context::observed(client, tokens, config, observers);
     let server = tokio::spawn(serve(handle, script));
     let action = reconcile(Arc::new(cred), Arc::new(ctx.with_clock(now))).await;
     match tokio::time::timeout(Duration::from_secs(2), server).await {
@@ -415,4 +432,254 @@ async fn a_stale_cached_status_is_checked_against_a_fresh_read_before_writing() 
     };
     let script = vec![get_secret(Some(&written_secret(&up_to_date, &token))), read];
     reconcile_against(stale, vec![], Default::default(), script).await;
+}
+
+fn verifying(mut cred: AmrCredential, redis: Option<(&str, u16)>) -> AmrCredential {
+    cred.spec.verify = Some(VerifyConfig { enabled: true });
+    cred.spec.redis = redis.map(|(host, port)| RedisEndpoint {
+        host: host.into(),
+        port,
+        tls: true,
+    });
+    cred
+}
+
+/// Observers whose probe gives up on each step after a second, trusting `ca` if given.
+fn observers(ca: Option<&std::path::Path>) -> Observers {
+    let mut probe = ProbeOptions::new(Duration::from_secs(1)).expect("the built-in roots work");
+    if let Some(path) = ca {
+        probe = probe
+            .trust_file(path)
+            .expect("the emulator's CA file is PEM");
+    }
+    Observers {
+        probe,
+        ..Observers::default()
+    }
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// The line counting one refresh of `orders` with `result`.
+fn refreshes(result: &str) -> String {
+    let labels = r#"namespace="shop",name="orders",flow="ClientCredentials""#;
+    format!(r#"amr_credential_refreshes_total{{{labels},result="{result}"}} 1"#)
+}
+
+fn has_line(observers: &Observers, line: &str) -> bool {
+    observers.metrics.encode().lines().any(|l| l == line)
+}
+
+#[tokio::test]
+async fn a_new_token_that_passes_verification_is_verified() {
+    let ca = Ca::new("controller test CA").expect("a CA");
+    let amr = AmrEmulator::start(&ca).await.expect("redis-server starts");
+    let token = redis_token("oid-verified");
+    let expires = token.claims.expires_at;
+    amr.grant("oid-verified", &token.token, expires)
+        .await
+        .expect("the emulator accepts the token");
+    let cred = verifying(credential("orders"), Some((amr.host(), amr.tls_port())));
+    let observers = observers(Some(amr.ca_cert_path()));
+    let script = vec![
+        get_secret(None),
+        apply_secret(&[]),
+        patch_status(
+            &cred,
+            &[r#""reason":"VerificationPassed","status":"True","type":"Verified""#],
+        ),
+        event("Normal", "TokenRefreshed"),
+    ];
+    reconcile_observed(
+        cred,
+        vec![Ok(token)],
+        Default::default(),
+        observers.clone(),
+        script,
+    )
+    .await;
+    assert!(has_line(
+        &observers,
+        r#"amr_credential_verifications_total{namespace="shop",name="orders",result="success"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn a_new_token_that_fails_verification_is_kept_and_a_warning_says_why() {
+    let cred = verifying(credential("orders"), Some(("127.0.0.1", closed_port())));
+    let observers = observers(None);
+    let script = vec![
+        get_secret(None),
+        apply_secret(&[r#""username":"b2lkLWNsb3NlZA==""#]),
+        patch_status(
+            &cred,
+            &[
+                r#""message":"tcp: "#,
+                r#""reason":"VerificationFailed","status":"False","type":"Verified""#,
+                r#""reason":"TokenRefreshed","status":"True","type":"Ready""#,
+            ],
+        ),
+        event("Normal", "TokenRefreshed"),
+        event("Warning", "VerificationFailed"),
+    ];
+    let token = redis_token("oid-closed");
+    reconcile_observed(
+        cred,
+        vec![Ok(token)],
+        Default::default(),
+        observers.clone(),
+        script,
+    )
+    .await;
+    assert!(has_line(
+        &observers,
+        r#"amr_credential_verifications_total{namespace="shop",name="orders",result="failure"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn verification_without_an_endpoint_is_reported_without_a_probe() {
+    let cred = verifying(credential("orders"), None);
+    let script = vec![
+        get_secret(None),
+        apply_secret(&[]),
+        patch_status(
+            &cred,
+            &[r#""reason":"NoRedisEndpoint","status":"False","type":"Verified""#],
+        ),
+        event("Normal", "TokenRefreshed"),
+    ];
+    let observers = observers(None);
+    let tokens = vec![Ok(token_at(NOW, 3600))];
+    reconcile_observed(cred, tokens, Default::default(), observers.clone(), script).await;
+    assert!(!observers.metrics.encode().contains("verifications_total{"));
+}
+
+#[tokio::test]
+async fn a_fresh_token_never_verified_is_verified_without_a_refresh() {
+    let token = redis_token("oid-fresh");
+    let cred = after_refresh(
+        credential("orders"),
+        &token,
+        token.claims.issued_at.as_second(),
+    );
+    let cred = verifying(cred, Some(("127.0.0.1", closed_port())));
+    let read = Exchange {
+        reply: Some(serde_json::to_value(&cred).expect("a credential serialises")),
+        ..exchange(Method::GET, STATUS, &[])
+    };
+    let script = vec![
+        get_secret(Some(&written_secret(&cred, &token))),
+        read,
+        patch_status(&cred, &[r#""reason":"VerificationFailed""#]),
+        event("Warning", "VerificationFailed"),
+    ];
+    reconcile_observed(cred, vec![], Default::default(), observers(None), script).await;
+}
+
+#[tokio::test]
+async fn a_refresh_is_counted_by_flow_and_result_with_its_conditions_and_expiry() {
+    let observers = Observers::default();
+    let script = vec![
+        get_secret(None),
+        apply_secret(&[]),
+        patch_status(&credential("orders"), &[]),
+        event("Normal", "TokenRefreshed"),
+    ];
+    let tokens = vec![Ok(token_at(NOW, 3600))];
+    let cred = credential("orders");
+    reconcile_observed(cred, tokens, Default::default(), observers.clone(), script).await;
+    let labels = r#"namespace="shop",name="orders""#;
+    for line in [
+        refreshes("success"),
+        format!(r#"amr_credential_conditions{{{labels},condition="Ready",status="True"}} 1"#),
+        format!(r#"amr_credential_conditions{{{labels},condition="Degraded",status="True"}} 0"#),
+        format!(
+            "amr_credential_token_expiry_timestamp_seconds{{{labels}}} {}",
+            NOW + 3600
+        ),
+    ] {
+        assert!(
+            has_line(&observers, &line),
+            "no {line} in\n{}",
+            observers.metrics.encode()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_refresh_counts_a_failure_and_its_retries() {
+    let token = token_at(NOW - 3000, 3600);
+    let cred = after_refresh(credential("orders"), &token, NOW - 3000);
+    let script = vec![
+        get_secret(Some(&written_secret(&cred, &token))),
+        patch_status(&cred, &[]),
+        event("Warning", "RefreshFailed"),
+    ];
+    let observers = Observers::default();
+    let tokens = vec![Err(outage())];
+    reconcile_observed(cred, tokens, Default::default(), observers.clone(), script).await;
+    assert!(has_line(&observers, &refreshes("failure")));
+    assert!(has_line(
+        &observers,
+        r#"amr_credential_retries_total{flow="ClientCredentials"} 2"#
+    ));
+}
+
+/// Answers every list with no items and keeps every watch open, until the client is gone.
+async fn empty_cluster(mut handle: ApiHandle) {
+    let mut watches = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        if req.uri().query().unwrap_or_default().contains("watch=true") {
+            watches.push(send);
+            continue;
+        }
+        let kind = match req.uri().path() {
+            "/api/v1/secrets" => ("meta.k8s.io/v1", "PartialObjectMetadataList"),
+            _ => ("amr.entraid.dev/v1alpha1", "AmrCredentialList"),
+        };
+        let list = json!({"apiVersion": kind.0, "kind": kind.1,
+                          "metadata": {"resourceVersion": "1"}, "items": []});
+        send.send_response(Response::new(Body::from(list.to_string().into_bytes())));
+    }
+}
+
+#[tokio::test]
+async fn readiness_turns_synced_after_the_initial_list_and_back_at_shutdown() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    tokio::spawn(empty_cluster(handle));
+    let observers = Observers::default();
+    let readiness = observers.readiness.clone();
+    readiness.set_role(crate::telemetry::Role::Single);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tokens = Arc::new(FakeTokens::answering(vec![]));
+    let run = tokio::spawn(super::run_with(
+        client,
+        tokens,
+        Default::default(),
+        observers,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let synced = async {
+        while !readiness.is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), synced)
+        .await
+        .expect("readiness turns synced");
+    stop.send(()).expect("the controller still runs");
+    let ran = tokio::time::timeout(Duration::from_secs(5), run).await;
+    ran.expect("the controller stops")
+        .expect("no panic")
+        .expect("no error");
+    assert_eq!(readiness.check(), Err("caches have not synced"));
 }

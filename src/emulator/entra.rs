@@ -5,10 +5,13 @@
 //!   azure_identity ──TLS──▶ /{tenant}/oauth2/v2.0/token       secret, certificate,
 //!                           /metadata/identity/oauth2/token   federated, refresh token,
 //!                           /msi/token                        IMDS, App Service
+//!   browser ─────────TLS──▶ /{tenant}/oauth2/v2.0/authorize   a user signs in; the code is
+//!                                                             redeemed with PKCE at /token
 //!                                   │
 //!                                   └─▶ subscribe(): IssuedToken { oid, token, expires_at }
 //! ```
 
+mod authorize;
 mod config;
 mod directory;
 mod faults;
@@ -90,6 +93,9 @@ pub enum EmulatorError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client failed: {0}")]
     ClientBuildFailed(#[source] reqwest::Error),
+    /// The automatic sign-in of [`EntraEmulator::sign_in`] did not reach the redirect URI.
+    #[error("the emulated sign-in failed: {0}")]
+    SignInFailed(String),
     /// A file could not be written.
     #[error("writing {path} failed: {source}")]
     WriteFailed {
@@ -178,6 +184,11 @@ impl EntraEmulator {
         tenant_url(&self.shared.authority, tenant, "oauth2/v2.0/token")
     }
 
+    /// The authorize endpoint of `tenant`, where a browser signs a user in.
+    pub fn authorize_endpoint(&self, tenant: &str) -> Url {
+        tenant_url(&self.shared.authority, tenant, "oauth2/v2.0/authorize")
+    }
+
     /// The `iss` of tokens issued for `tenant`.
     pub fn issuer(&self, tenant: &str) -> Url {
         tenant_url(&self.shared.authority, tenant, "v2.0")
@@ -228,6 +239,53 @@ impl EntraEmulator {
     /// When the TLS configuration or the client cannot be built.
     pub fn https_client(&self) -> Result<reqwest::Client, EmulatorError> {
         serve::client_trusting(&self.ca_pem)
+    }
+
+    /// Plays the browser of a sign-in: opens `authorize_url` (an authorize URL of this
+    /// emulator), where a configured user approves at once, and follows the redirect to the
+    /// loopback redirect URI, as a browser would. Returns the redirect URI's HTTP status.
+    ///
+    /// # Errors
+    /// When the emulator does not redirect, or not to a loopback `http` address, or the
+    /// redirect URI does not answer.
+    pub async fn sign_in(&self, authorize_url: &Url) -> Result<u16, EmulatorError> {
+        let ours = authorize_url.host_str() == self.shared.authority.host_str()
+            && authorize_url.port() == self.shared.authority.port();
+        if !ours {
+            return Err(EmulatorError::SignInFailed(
+                "the authorize URL is not this emulator's".into(),
+            ));
+        }
+        let browser = serve::client_builder_trusting(&self.ca_pem)?
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(EmulatorError::ClientBuildFailed)?;
+        let failed = |e: reqwest::Error| EmulatorError::SignInFailed(e.without_url().to_string());
+        let answer = browser
+            .get(authorize_url.clone())
+            .send()
+            .await
+            .map_err(failed)?;
+        let location = answer
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Url::parse(v).ok())
+            .ok_or_else(|| {
+                let status = answer.status();
+                EmulatorError::SignInFailed(format!("the emulator answered {status}, no redirect"))
+            })?;
+        let loopback = matches!(
+            location.host_str(),
+            Some("127.0.0.1" | "localhost" | "[::1]")
+        );
+        if location.scheme() != "http" || !loopback {
+            return Err(EmulatorError::SignInFailed(
+                "the redirect URI is not a loopback http address".into(),
+            ));
+        }
+        let landed = browser.get(location).send().await.map_err(failed)?;
+        Ok(landed.status().as_u16())
     }
 
     /// Every request answered so far, oldest first.

@@ -4,7 +4,7 @@
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use secrecy::SecretString;
 use std::path::PathBuf;
 
@@ -83,6 +83,20 @@ pub trait Material: Send + Sync + 'static {
         name: &str,
         audience: &str,
     ) -> Result<SecretString, MaterialError>;
+    /// Replaces the value of `key` in the existing Secret `name` in one atomic step, leaving
+    /// its other keys alone; a missing Secret is an error, never created.
+    async fn write_secret_value(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), MaterialError> {
+        let _ = (ns, key, value);
+        Err(MaterialError::Unavailable(format!(
+            "this source cannot write Secret {name:?}"
+        )))
+    }
 }
 
 /// Reads inputs through the Kubernetes API.
@@ -183,6 +197,31 @@ impl Material for KubeMaterial {
         }
         Ok(SecretString::from(token))
     }
+
+    async fn write_secret_value(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), MaterialError> {
+        use base64::Engine;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        // A merge patch of one key: the other keys stay, and a missing Secret is a 404.
+        let patch = serde_json::json!({ "data": { key: encoded } });
+        let params = PatchParams::default();
+        match api.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(MaterialError::SecretNotFound {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }),
+            Err(e) => Err(MaterialError::Unavailable(format!(
+                "writing key {key:?} of Secret {name:?} failed: {e}"
+            ))),
+        }
+    }
 }
 
 /// Reads inputs from files: Secret key `k` of Secret `s` is the file `DIR/s/k`, as a mounted
@@ -211,6 +250,29 @@ impl FileMaterial {
             name: name.into(),
             key: key.into(),
         })
+    }
+
+    /// Writes `DIR/name/key` through a temporary file renamed over it, so a reader sees the
+    /// old value or the new one, never a part.
+    fn write(&self, name: &str, key: &str, value: &[u8]) -> Result<(), MaterialError> {
+        use std::io::Write;
+        let secret_dir = self.dir.join(name);
+        if !secret_dir.is_dir() {
+            return Err(MaterialError::SecretNotFound {
+                namespace: self.dir.display().to_string(),
+                name: name.to_string(),
+            });
+        }
+        let target = secret_dir.join(key);
+        let failed = |e: std::io::Error| {
+            MaterialError::Unavailable(format!("writing {} failed: {e}", target.display()))
+        };
+        // The temporary file is created with mode 0600 beside the target.
+        let mut tmp = tempfile::NamedTempFile::new_in(&secret_dir).map_err(failed)?;
+        tmp.write_all(value).map_err(failed)?;
+        tmp.as_file().sync_all().map_err(failed)?;
+        tmp.persist(&target).map_err(|e| failed(e.error))?;
+        Ok(())
     }
 
     fn read_optional(&self, name: &str, key: &str) -> Option<String> {
@@ -256,6 +318,16 @@ impl Material for FileMaterial {
         let token = String::from_utf8_lossy(&bytes).trim().to_string();
         Ok(SecretString::from(token))
     }
+
+    async fn write_secret_value(
+        &self,
+        _ns: &str,
+        name: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), MaterialError> {
+        self.write(name, key, value)
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +363,42 @@ mod tests {
         let e = m.secret_value("ns", "sp", "nope").await.unwrap_err();
         assert!(matches!(e, MaterialError::KeyNotFound { .. }), "{e}");
         assert!(e.is_missing());
+    }
+
+    #[tokio::test]
+    async fn a_written_value_replaces_only_its_key() {
+        let dir = dir_with(&[
+            ("login", "refresh-token", "old"),
+            ("login", "other", "keep"),
+        ]);
+        let m = FileMaterial::new(dir.path());
+        m.write_secret_value("ns", "login", "refresh-token", b"new")
+            .await
+            .unwrap();
+        assert_eq!(
+            m.secret_value("ns", "login", "refresh-token")
+                .await
+                .unwrap(),
+            b"new"
+        );
+        assert_eq!(
+            m.secret_value("ns", "login", "other").await.unwrap(),
+            b"keep"
+        );
+        let leftovers = std::fs::read_dir(dir.path().join("login")).unwrap().count();
+        assert_eq!(leftovers, 2);
+    }
+
+    #[tokio::test]
+    async fn writing_into_a_missing_secret_creates_nothing() {
+        let dir = dir_with(&[]);
+        let m = FileMaterial::new(dir.path());
+        let e = m
+            .write_secret_value("ns", "login", "k", b"v")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MaterialError::SecretNotFound { .. }), "{e}");
+        assert!(!dir.path().join("login").exists());
     }
 
     #[tokio::test]

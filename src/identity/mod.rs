@@ -4,6 +4,7 @@ pub mod cache;
 pub mod claims;
 pub mod flows;
 pub mod material;
+pub mod pkce;
 pub mod source;
 pub mod transport;
 
@@ -82,4 +83,10 @@ pub trait TokenSource: Send + Sync + 'static {
         spec: &AmrCredentialSpec,
         resolved: &ResolvedSpec,
     ) -> Result<AcquiredToken, RefreshFailure>;
+
+    /// Entra ID requests saved so far because a shared token served a credential; sources
+    /// without a shared cache save none.
+    fn saved_requests(&self) -> u64 {
+        0
+    }
 }

@@ -5,6 +5,7 @@ use super::cache::{Origin, SharedTokenCache};
 use super::claims;
 use super::flows::{self, AssertionSource, CertificateInput, CredentialContext, CredentialInput};
 use super::material::{Material, MaterialError, TOKEN_EXCHANGE_AUDIENCE};
+use super::pkce;
 use super::transport::{
     ErrorResponse, Transport, TransportConfig, TransportError, capture_error_response,
 };
@@ -93,6 +94,7 @@ pub struct AzureTokenSource {
     cache: SharedTokenCache,
     permits: Semaphore,
     throttled_until: Mutex<HashMap<String, Instant>>,
+    pkce: pkce::Redeemer,
 }
 
 /// A flow's inputs, gathered and ready to build a credential from.
@@ -112,6 +114,7 @@ impl AzureTokenSource {
         material: Arc<dyn Material>,
     ) -> Result<AzureTokenSource, TransportError> {
         let transport = Arc::new(Transport::new(&config.transport)?);
+        let pkce = pkce::Redeemer::new(&config.transport)?;
         let permits = Semaphore::new(config.max_concurrent_requests.max(1));
         Ok(AzureTokenSource {
             config,
@@ -120,6 +123,7 @@ impl AzureTokenSource {
             cache: SharedTokenCache::default(),
             permits,
             throttled_until: Mutex::default(),
+            pkce,
         })
     }
 
@@ -140,16 +144,33 @@ impl AzureTokenSource {
         force: bool,
     ) -> Result<(AcquiredToken, Origin), RefreshFailure> {
         if resolved.flow == FlowType::AuthorizationCodeWithPKCE {
-            return Err(failure(
-                FailureKind::Unsupported,
-                "AuthorizationCodeWithPKCE is accepted by the schema but not supported by this \
-                 operator version; use another flow",
-            ));
+            return self.fetch_pkce(ns, None, spec, resolved, force).await;
         }
         let key = self.plan(ns, spec, resolved, true).await?.key;
         let cfg = &resolved.token_manager;
         self.cache
             .get_or_fetch(&key, cfg, force, || self.round(ns, spec, resolved))
+            .await
+    }
+
+    /// The PKCE flow: redeems the refresh token `login` stored (see [`pkce`]); `name` names
+    /// the credential in the sign-in command of a `LoginRequired` failure.
+    async fn fetch_pkce(
+        &self,
+        ns: &str,
+        name: Option<&str>,
+        spec: &AmrCredentialSpec,
+        resolved: &ResolvedSpec,
+        force: bool,
+    ) -> Result<(AcquiredToken, Origin), RefreshFailure> {
+        let (host, tenant) = self.authority(&resolved.authority);
+        let target = pkce::Target::new(ns, name, spec, resolved, host, tenant)?;
+        let (cfg, retry) = (&resolved.token_manager, &resolved.token_manager.retry);
+        let material = &*self.material;
+        self.cache
+            .get_or_fetch(&target.cache_key(), cfg, force, || {
+                self.pkce.round(material, &target, retry, self)
+            })
             .await
     }
 
@@ -405,9 +426,9 @@ impl AzureTokenSource {
                 (format!("{key}|{scopes}"), input)
             }
             FlowType::AuthorizationCodeWithPKCE => {
-                return Err(failure(
-                    FailureKind::Unsupported,
-                    "AuthorizationCodeWithPKCE is not supported",
+                return Err(invalid(
+                    "AuthorizationCodeWithPKCE redeems a refresh token, not an azure_identity \
+                     credential",
                 ));
             }
         };
@@ -506,9 +527,39 @@ impl TokenSource for AzureTokenSource {
         spec: &AmrCredentialSpec,
         resolved: &ResolvedSpec,
     ) -> Result<AcquiredToken, RefreshFailure> {
+        if resolved.flow == FlowType::AuthorizationCodeWithPKCE {
+            let fetched = self.fetch_pkce(namespace, Some(_name), spec, resolved, false);
+            return fetched.await.map(|(t, _)| t);
+        }
         self.fetch_with(namespace, spec, resolved, false)
             .await
             .map(|(t, _)| t)
+    }
+
+    fn saved_requests(&self) -> u64 {
+        self.cache.saved_requests()
+    }
+}
+
+#[async_trait::async_trait]
+impl pkce::Gate for AzureTokenSource {
+    async fn admit(
+        &self,
+        host_key: &str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, AttemptError> {
+        self.wait_for_throttle(host_key).await;
+        self.permits.acquire().await.map_err(|_| AttemptError {
+            message: "the operator is shutting down".into(),
+            ..Default::default()
+        })
+    }
+
+    fn hold_back(&self, host_key: &str, wait: Duration) {
+        self.throttle(host_key, wait);
+    }
+
+    fn attempt_timeout(&self) -> Duration {
+        self.config.attempt_timeout
     }
 }
 
@@ -568,7 +619,11 @@ fn digest(bytes: &[u8]) -> String {
     hex::encode(&sha2::Sha256::digest(bytes)[..8])
 }
 
-fn round_failure(err: AttemptError, attempts: u32, retry: &RetryConfig) -> RefreshFailure {
+pub(super) fn round_failure(
+    err: AttemptError,
+    attempts: u32,
+    retry: &RetryConfig,
+) -> RefreshFailure {
     let stopped = err.unusable_token || classify(&err, retry) == Verdict::Stop;
     let kind = if stopped {
         FailureKind::NonRetryable
@@ -672,7 +727,7 @@ fn attempt_error(e: &azure_core::Error) -> AttemptError {
 /// Longest wait a server's Retry-After may impose on one round.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-fn from_response(r: ErrorResponse) -> AttemptError {
+pub(super) fn from_response(r: ErrorResponse) -> AttemptError {
     AttemptError {
         status: Some(r.status),
         message: http_message(Some(r.status), r.oauth_error.as_deref(), &r.description),

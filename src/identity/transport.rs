@@ -214,9 +214,17 @@ fn parse_error_response(
     headers: &azure_core::http::headers::Headers,
     body: &[u8],
 ) -> ErrorResponse {
+    let retry_after = azure_core::http::headers::HeaderName::from_static("retry-after");
+    parse_error_body(status, headers.get_optional_str(&retry_after), body)
+}
+
+/// Reads an error response of Entra ID or a managed identity endpoint: the OAuth `error`
+/// code and the first line of `error_description` (or `message`) from a JSON `body`, and a
+/// `retry_after` header value in whole seconds. Never fails: whatever is missing or not
+/// understood is left empty.
+pub fn parse_error_body(status: u16, retry_after: Option<&str>, body: &[u8]) -> ErrorResponse {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let retry_after = azure_core::http::headers::HeaderName::from_static("retry-after");
     ErrorResponse {
         status,
         oauth_error: text("error"),
@@ -224,8 +232,7 @@ fn parse_error_response(
             .or_else(|| text("message"))
             .map(|d| d.lines().next().unwrap_or("").chars().take(200).collect())
             .unwrap_or_default(),
-        retry_after: headers
-            .get_optional_str(&retry_after)
+        retry_after: retry_after
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs),
     }

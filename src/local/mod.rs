@@ -4,8 +4,10 @@
 pub mod atomic;
 
 use crate::api::{AmrCredential, AmrCredentialSpec, ResolvedSpec, validate};
+use crate::identity::AcquiredToken;
 use crate::identity::claims;
 use crate::identity::source::AzureTokenSource;
+use crate::probe::{self, ProbeOptions, ProbeTarget};
 use crate::token_manager::{next_round_at, refresh_at};
 use jiff::Timestamp;
 use secrecy::ExposeSecret;
@@ -78,10 +80,7 @@ pub fn load(path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadEr
 ///
 /// # Errors
 /// When a document is not an AmrCredential at all.
-pub fn parse(
-    text: &str,
-    path: &Path,
-) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadError> {
+pub fn parse(text: &str, path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadError> {
     let (mut ok, mut rejected) = (Vec::new(), Vec::new());
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| parse_error(path, i, &e))?;
@@ -132,6 +131,9 @@ pub enum LocalEvent {
         shared: bool,
         /// Short fingerprint of the token.
         fingerprint: String,
+        /// What verifying the token against `spec.redis` found, when the spec asks for it:
+        /// the first failing check and why, as `check: why`.
+        verified: Option<Result<(), String>>,
     },
     /// Files from an earlier run still hold a fresh token; nothing was requested.
     Reused {
@@ -158,11 +160,26 @@ pub struct LocalOptions {
     pub output_dir: PathBuf,
 }
 
-/// Keeps every credential's files fresh until `shutdown` turns true.
+/// Keeps every credential's files fresh until `shutdown` turns true, verifying nothing:
+/// for callers that check the files themselves, such as `demo`.
 pub async fn run(
     credentials: Vec<LocalCredential>,
     source: Arc<AzureTokenSource>,
     options: LocalOptions,
+    events: mpsc::UnboundedSender<LocalEvent>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with(credentials, source, options, None, events, shutdown).await;
+}
+
+/// Keeps every credential's files fresh until `shutdown` turns true; with `probe`, every
+/// new token of a credential whose `spec.verify` is enabled is verified against
+/// `spec.redis` once its files are written.
+pub async fn run_with(
+    credentials: Vec<LocalCredential>,
+    source: Arc<AzureTokenSource>,
+    options: LocalOptions,
+    probe: Option<ProbeOptions>,
     events: mpsc::UnboundedSender<LocalEvent>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -174,6 +191,7 @@ pub async fn run(
                 cred,
                 dir,
                 source: source.clone(),
+                probe: probe.clone(),
                 events: events.clone(),
             };
             tokio::spawn(job.run(shutdown.clone()))
@@ -188,6 +206,7 @@ struct CredentialLoop {
     cred: LocalCredential,
     dir: PathBuf,
     source: Arc<AzureTokenSource>,
+    probe: Option<ProbeOptions>,
     events: mpsc::UnboundedSender<LocalEvent>,
 }
 
@@ -255,6 +274,7 @@ impl CredentialLoop {
         let shared = origin == crate::identity::cache::Origin::Shared;
         tracing::info!(credential = %c.name, oid = %token.claims.oid, expires_at = %expires_at,
             refresh_at = %next, shared, "Token refreshed");
+        let verified = self.verify(&token).await;
         self.emit(LocalEvent::Refreshed {
             name: c.name.clone(),
             oid: token.claims.oid.clone(),
@@ -262,8 +282,39 @@ impl CredentialLoop {
             refresh_at: next,
             shared,
             fingerprint: claims::fingerprint(token.token.expose_secret()),
+            verified,
         });
         Ok((issued, expires_at))
+    }
+
+    /// Verifies the token just written when verification is on and the spec asks for it.
+    /// A failure is reported, never acted on: the files keep the token.
+    async fn verify(&self, token: &AcquiredToken) -> Option<Result<(), String>> {
+        let c = &self.cred;
+        let options = self.probe.as_ref()?;
+        if !c.spec.verify.as_ref().is_some_and(|v| v.enabled) {
+            return None;
+        }
+        let Some(endpoint) = &c.spec.redis else {
+            let why = "spec.verify.enabled is true but spec.redis names no endpoint";
+            tracing::warn!(credential = %c.name, reason = why, "Token not verified");
+            return Some(Err(format!("input: {why}")));
+        };
+        let target = ProbeTarget::from(endpoint);
+        let oid = &token.claims.oid;
+        let report = probe::verify(&target, oid, &token.token, options).await;
+        let (host, port) = (&target.host, target.port);
+        match report.first_failure() {
+            None => {
+                tracing::info!(credential = %c.name, %host, port, "Token verified");
+                Some(Ok(()))
+            }
+            Some((check, why)) => {
+                tracing::warn!(credential = %c.name, %host, port, check, reason = %why,
+                    "Token verification failed; the files keep the token");
+                Some(Err(format!("{check}: {why}")))
+            }
+        }
     }
 
     fn emit(&self, event: LocalEvent) {
@@ -307,6 +358,65 @@ mod tests {
         assert_eq!(ok.len(), 1);
         assert_eq!(rejected[0].name, "b");
         assert!(rejected[0].message.contains("clientSecretRef"));
+    }
+
+    /// A loop for credential `a` of [`GOOD`] with verification on against `redis`.
+    fn verifying(redis: &str, probe: Option<ProbeOptions>) -> CredentialLoop {
+        let text = format!("{GOOD}  verify: {{enabled: true}}\n{redis}");
+        let (mut creds, _) = parse(&text, Path::new("creds.yaml")).unwrap();
+        let material = Arc::new(crate::identity::material::FileMaterial::new("."));
+        let config = crate::identity::source::SourceConfig::default();
+        CredentialLoop {
+            cred: creds.remove(0),
+            dir: PathBuf::from("unused"),
+            source: Arc::new(AzureTokenSource::new(config, material).unwrap()),
+            probe,
+            events: mpsc::unbounded_channel().0,
+        }
+    }
+
+    fn probe_options() -> Option<ProbeOptions> {
+        Some(ProbeOptions::new(std::time::Duration::from_secs(1)).unwrap())
+    }
+
+    /// A token for `oid-1` meant for Redis, valid for an hour from now.
+    fn token() -> AcquiredToken {
+        use base64::Engine;
+        let iat = Timestamp::now().as_second();
+        let payload = serde_json::json!({
+            "oid": "oid-1", "aud": "https://redis.azure.com", "iat": iat, "exp": iat + 3600,
+        });
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string());
+        let token = format!("eyJhbGciOiJub25lIn0.{body}.c2ln");
+        AcquiredToken {
+            claims: claims::decode(&token).unwrap(),
+            token: token.into(),
+        }
+    }
+
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_verification_names_the_failing_check() {
+        let redis = format!("  redis: {{host: 127.0.0.1, port: {}}}\n", closed_port());
+        let verified = verifying(&redis, probe_options()).verify(&token()).await;
+        let why = verified.unwrap().unwrap_err();
+        assert!(why.starts_with("tcp: "), "{why}");
+    }
+
+    #[tokio::test]
+    async fn verification_without_an_endpoint_fails_at_the_input() {
+        let verified = verifying("", probe_options()).verify(&token()).await;
+        assert!(verified.unwrap().unwrap_err().starts_with("input: "));
+    }
+
+    #[tokio::test]
+    async fn without_probe_options_nothing_is_verified() {
+        let redis = format!("  redis: {{host: 127.0.0.1, port: {}}}\n", closed_port());
+        assert_eq!(verifying(&redis, None).verify(&token()).await, None);
     }
 
     #[test]

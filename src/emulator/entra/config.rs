@@ -272,7 +272,8 @@ impl FederatedCredential {
     }
 }
 
-/// A signed-in user whose refresh token a client redeems.
+/// A user whose refresh token a client redeems, and who signs in to that client through
+/// the authorize endpoint (approving at once unless `requires_interaction` is set).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
@@ -288,6 +289,10 @@ pub struct User {
     /// The refresh token first handed out.
     #[serde(deserialize_with = "secret")]
     pub refresh_token: SecretString,
+    /// Whether signing in needs the person at the browser (consent, multi-factor): the
+    /// authorize endpoint then answers `interaction_required` instead of approving.
+    #[serde(default)]
+    pub requires_interaction: bool,
 }
 
 impl User {
@@ -304,7 +309,14 @@ impl User {
             client_id: client_id.into(),
             tenant: None,
             refresh_token: SecretString::from(refresh_token.into()),
+            requires_interaction: false,
         }
+    }
+
+    /// Makes the authorize endpoint refuse to sign this user in without interaction.
+    pub fn requiring_interaction(mut self) -> Self {
+        self.requires_interaction = true;
+        self
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::EmulatorError;
 use super::config::{AppRegistration, EntraConfig, FederatedCredential, ManagedIdentity, User};
+use super::tokens::delegated_permissions;
 use openssl::pkey::{PKey, Public};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Digest;
@@ -19,6 +20,8 @@ pub(crate) struct Principal {
     pub kind: &'static str,
     pub name: Option<String>,
     pub resource_id: Option<String>,
+    /// Delegated permissions, the `scp` claim of a user's token.
+    pub scp: Option<String>,
 }
 
 /// An app's certificate: its public key and thumbprints.
@@ -40,6 +43,20 @@ pub(crate) struct Federated {
     pub key: Option<PKey<Public>>,
 }
 
+/// An authorization code handed out by the authorize endpoint, waiting to be redeemed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuthCode {
+    /// Index of the user who signed in.
+    pub user: usize,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// The S256 `code_challenge`.
+    pub challenge: String,
+    pub scope: String,
+    /// Unix time after which the code is refused.
+    pub expires_at: i64,
+}
+
 /// Where a refresh token leads, and whether it still works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RefreshState {
@@ -55,6 +72,8 @@ pub(crate) struct Directory {
     pub users: Vec<User>,
     /// Refresh tokens by SHA-256, so the table holds no usable secret.
     refresh_tokens: Mutex<HashMap<String, RefreshState>>,
+    /// Authorization codes not yet redeemed, by SHA-256.
+    codes: Mutex<HashMap<String, AuthCode>>,
 }
 
 impl Directory {
@@ -103,6 +122,7 @@ impl Directory {
             federated,
             users: config.users.clone(),
             refresh_tokens: Mutex::new(refresh_tokens),
+            codes: Mutex::default(),
         })
     }
 
@@ -127,6 +147,30 @@ impl Directory {
         tokens.remove(&digest_str(old));
         tokens.insert(digest_str(&fresh), RefreshState::Valid(user));
         SecretString::from(fresh)
+    }
+
+    /// A new refresh token for user `user`, as a sign-in hands out.
+    pub fn issue_refresh_token(&self, user: usize) -> SecretString {
+        let fresh = format!("rt.{}", hex::encode(rand::random::<[u8; 32]>()));
+        self.tokens()
+            .insert(digest_str(&fresh), RefreshState::Valid(user));
+        SecretString::from(fresh)
+    }
+
+    /// Remembers `code` and returns the value handed to the client.
+    pub fn issue_code(&self, code: AuthCode) -> SecretString {
+        let value = hex::encode(rand::random::<[u8; 32]>());
+        self.lock_codes().insert(digest_str(&value), code);
+        SecretString::from(value)
+    }
+
+    /// Removes and returns the code: a code is redeemed at most once, even when refused.
+    pub fn take_code(&self, value: &str) -> Option<AuthCode> {
+        self.lock_codes().remove(&digest_str(value))
+    }
+
+    fn lock_codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, AuthCode>> {
+        self.codes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Revokes every refresh token of the users named (or with object id) `user`.
@@ -156,6 +200,19 @@ impl Directory {
 }
 
 impl Principal {
+    /// A signed-in user of `tenant`, delegating the permissions `scope` asks for.
+    pub fn of_user(user: &User, tenant: String, scope: &str) -> Principal {
+        Principal {
+            object_id: user.object_id.clone(),
+            client_id: user.client_id.clone(),
+            tenant,
+            kind: "user",
+            name: Some(user.name.clone()),
+            resource_id: None,
+            scp: delegated_permissions(scope),
+        }
+    }
+
     pub fn of_app(app: &App) -> Principal {
         Principal {
             object_id: app.config.object_id.clone(),
@@ -164,6 +221,7 @@ impl Principal {
             kind: "app",
             name: None,
             resource_id: None,
+            scp: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Decides token endpoint requests: which principal a grant authenticates, or the OAuth
 //! error Entra ID would answer.
 
+use super::authorize;
 use super::directory::{App, Directory, Principal, RefreshState};
 use super::jwt::{Jwt, decode_thumbprint};
 use super::log::Flow;
@@ -16,7 +17,7 @@ pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jw
 const LEEWAY_SECS: i64 = 5;
 
 /// Tenants that stand for "whichever tenant the user belongs to".
-const MULTI_TENANT: [&str; 2] = ["common", "organizations"];
+pub(crate) const MULTI_TENANT: [&str; 2] = ["common", "organizations"];
 
 /// The form fields of a token request.
 #[derive(Debug, Default)]
@@ -35,7 +36,8 @@ impl TokenForm {
             .filter(|v| !v.is_empty())
     }
 
-    fn required(&self, name: &str) -> Result<&str, OAuthError> {
+    /// The field's value, or the `invalid_request` Entra ID answers when it is missing.
+    pub fn required(&self, name: &str) -> Result<&str, OAuthError> {
         self.get(name)
             .ok_or_else(|| refusals::missing_parameter(name))
     }
@@ -48,6 +50,7 @@ impl TokenForm {
             self.get("client_assertion"),
         ) {
             ("refresh_token", _, _) => Some(Flow::RefreshToken),
+            ("authorization_code", _, _) => Some(Flow::AuthorizationCode),
             ("client_credentials", Some(_), _) => Some(Flow::ClientSecret),
             ("client_credentials", None, Some(assertion)) => {
                 let jwt = Jwt::parse(assertion).ok()?;
@@ -83,6 +86,9 @@ pub(crate) fn decide(
 ) -> Result<Grant, OAuthError> {
     let grant_type = form.required("grant_type")?;
     let client_id = form.required("client_id")?;
+    if grant_type == "authorization_code" {
+        return authorize::redeem_code(dir, tenant, client_id, form, now);
+    }
     let scope = form.required("scope")?;
     match grant_type {
         "client_credentials" => {
@@ -235,6 +241,7 @@ fn by_federation(
         kind: "app",
         name: None,
         resource_id: None,
+        scp: None,
     })
 }
 
@@ -265,14 +272,7 @@ fn redeem(
     }
     let audience = audience_of(scope).ok_or_else(|| refusals::invalid_scope(scope))?;
 
-    let principal = Principal {
-        object_id: user.object_id.clone(),
-        client_id: client_id.to_string(),
-        tenant: user_tenant,
-        kind: "user",
-        name: Some(user.name.clone()),
-        resource_id: None,
-    };
+    let principal = Principal::of_user(user, user_tenant, scope);
     let refresh_token = Some(dir.rotate_refresh_token(token, index));
     Ok(Grant {
         principal,

@@ -13,6 +13,8 @@ pub enum Flow {
     Federated,
     /// The refresh token grant.
     RefreshToken,
+    /// The authorization code grant (with PKCE).
+    AuthorizationCode,
     /// The IMDS managed identity endpoint.
     Imds,
     /// The App Service managed identity endpoint.

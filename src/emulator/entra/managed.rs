@@ -90,6 +90,7 @@ pub(crate) fn decide(
         kind: "app",
         name: None,
         resource_id: identity.resource_id.clone(),
+        scp: None,
     };
     Ok((principal, resource.to_string()))
 }

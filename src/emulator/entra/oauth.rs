@@ -151,6 +151,59 @@ pub(crate) mod refusals {
         let text = "Provided grant is invalid or malformed: it was issued to another client.";
         OAuthError::new("invalid_grant", 70000, text)
     }
+
+    pub fn unsupported_response_type(response_type: &str) -> OAuthError {
+        let text = format!("The response_type '{response_type}' is not supported; use 'code'.");
+        OAuthError::new("unsupported_response_type", 70005, text)
+    }
+
+    pub fn redirect_uri_not_loopback(redirect_uri: &str) -> OAuthError {
+        let text = format!(
+            "The redirect URI '{redirect_uri}' specified in the request does not match the \
+             redirect URIs configured for the application: only http loopback addresses are."
+        );
+        OAuthError::new("invalid_request", 50011, text)
+    }
+
+    pub fn challenge_method_unsupported(method: &str) -> OAuthError {
+        let text = format!("The code_challenge_method '{method}' is not supported; use 'S256'.");
+        OAuthError::new("invalid_request", 501491, text)
+    }
+
+    pub fn interaction_required() -> OAuthError {
+        let text = "Due to a configuration change made by your administrator, you must use \
+                    multi-factor authentication to access this resource.";
+        OAuthError::new("interaction_required", 50076, text)
+    }
+
+    pub fn code_unknown() -> OAuthError {
+        let text = "OAuth2 Authorization code was already redeemed, please retry with a new \
+                    valid code or use an existing refresh token.";
+        OAuthError::new("invalid_grant", 54005, text)
+    }
+
+    pub fn code_expired() -> OAuthError {
+        let text = "The provided authorization code or refresh token has expired.";
+        OAuthError::new("invalid_grant", 70008, text)
+    }
+
+    pub fn code_of_other_client() -> OAuthError {
+        let text = "Provided grant is invalid or malformed: the code was issued to another \
+                    client.";
+        OAuthError::new("invalid_grant", 70000, text)
+    }
+
+    pub fn code_redirect_mismatch() -> OAuthError {
+        let text = "The reply address of the request does not match the reply address \
+                    provided when requesting the authorization code.";
+        OAuthError::new("invalid_grant", 500112, text)
+    }
+
+    pub fn verifier_mismatch() -> OAuthError {
+        let text = "The code_verifier does not match the code_challenge supplied in the \
+                    authorization request.";
+        OAuthError::new("invalid_grant", 501481, text)
+    }
 }
 
 /// A random GUID-shaped id (version 4 layout).

@@ -53,6 +53,15 @@ pub(crate) fn tls_acceptor(ca: &Ca) -> Result<TlsAcceptor, EmulatorError> {
 
 /// A reqwest client that trusts only `ca_pem`.
 pub(crate) fn client_trusting(ca_pem: &str) -> Result<reqwest::Client, EmulatorError> {
+    client_builder_trusting(ca_pem)?
+        .build()
+        .map_err(EmulatorError::ClientBuildFailed)
+}
+
+/// A reqwest client builder that trusts only `ca_pem` and ignores proxies.
+pub(crate) fn client_builder_trusting(
+    ca_pem: &str,
+) -> Result<reqwest::ClientBuilder, EmulatorError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert =
@@ -65,11 +74,9 @@ pub(crate) fn client_trusting(ca_pem: &str) -> Result<reqwest::Client, EmulatorE
         .map_err(EmulatorError::TlsFailed)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .build()
-        .map_err(EmulatorError::ClientBuildFailed)
+        .no_proxy())
 }
 
 /// Serves `router` on `listener` until the returned task is aborted; aborting it closes

@@ -2,6 +2,7 @@
 //! discovery, each applying injected faults and recording the request.
 
 use super::EmulatorError;
+use super::authorize::{self, AuthorizeAnswer};
 use super::directory::{Directory, Principal};
 use super::faults::{FaultBook, FaultPlan};
 use super::grants::{self, TokenForm};
@@ -17,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri, header};
 use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -47,6 +48,7 @@ pub(crate) struct Shared {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_page))
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(openid_configuration),
@@ -86,6 +88,34 @@ async fn token(
     s.finish(record, response)
 }
 
+/// The sign-in page: a configured user approves at once and the browser is sent back to the
+/// redirect URI with a code.
+async fn authorize_page(
+    State(s): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut record = RequestRecord::new(&method, uri.path());
+    record.client_id = query.get("client_id").cloned();
+    let now = Timestamp::now().as_second();
+    let response = match authorize::authorize(&s.directory, &tenant, &query, now) {
+        AuthorizeAnswer::Redirect { location, error } => {
+            let found = (
+                StatusCode::FOUND,
+                [(header::LOCATION, location.to_string())],
+            );
+            match error {
+                Some(error) => with_error_name(found.into_response(), &error),
+                None => found.into_response(),
+            }
+        }
+        AuthorizeAnswer::Refuse(error) => oauth_response(&error),
+    };
+    s.finish(record, response)
+}
+
 async fn imds(
     State(s): State<Arc<Shared>>,
     method: Method,
@@ -120,7 +150,8 @@ async fn openid_configuration(
         "token_endpoint": url("oauth2/v2.0/token"),
         "authorization_endpoint": url("oauth2/v2.0/authorize"),
         "jwks_uri": url("discovery/v2.0/keys"),
-        "grant_types_supported": ["client_credentials", "refresh_token"],
+        "grant_types_supported": ["client_credentials", "refresh_token", "authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["code"],

@@ -43,6 +43,8 @@ pub(crate) struct AccessClaims {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xms_mirid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scp: Option<String>,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
@@ -70,6 +72,7 @@ impl AccessClaims {
             idtyp: principal.kind,
             name: principal.name.clone(),
             xms_mirid: principal.resource_id.clone(),
+            scp: principal.scp.clone(),
             iat: now,
             nbf: now,
             exp: now + lifetime,
@@ -127,6 +130,23 @@ pub(crate) fn audience_of(scope: &str) -> Option<String> {
     }
 }
 
+/// The delegated permissions (`scp`) a user's token carries for `scope`: the permission
+/// each scope names, `user_impersonation` for `/.default`; OpenID scopes are skipped.
+pub(crate) fn delegated_permissions(scope: &str) -> Option<String> {
+    const OPENID: [&str; 4] = ["openid", "profile", "offline_access", "email"];
+    let mut permissions: Vec<&str> = Vec::new();
+    for s in scope.split_whitespace().filter(|s| !OPENID.contains(s)) {
+        let permission = match s.rsplit_once('/') {
+            Some((_, ".default")) | None => "user_impersonation",
+            Some((_, permission)) => permission,
+        };
+        if !permissions.contains(&permission) {
+            permissions.push(permission);
+        }
+    }
+    (!permissions.is_empty()).then(|| permissions.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +167,14 @@ mod tests {
         let aud = audience_of("openid offline_access https://redis.azure.com/user_impersonation");
         assert_eq!(aud.as_deref(), Some("https://redis.azure.com"));
         assert_eq!(audience_of("openid profile"), None);
+    }
+
+    #[test]
+    fn delegated_permissions_name_what_the_scope_asks_for() {
+        let scp = delegated_permissions("https://redis.azure.com/.default offline_access");
+        assert_eq!(scp.as_deref(), Some("user_impersonation"));
+        let scp = delegated_permissions("https://x/read https://x/write openid");
+        assert_eq!(scp.as_deref(), Some("read write"));
+        assert_eq!(delegated_permissions("offline_access"), None);
     }
 }
