@@ -5,13 +5,14 @@
 use crate::api::FlowType;
 use crate::emulator::amr::AmrEmulator;
 use crate::emulator::entra::{
-    AppRegistration, EntraConfig, EntraEmulator, FederatedCredential, ManagedIdentity,
+    AppRegistration, EntraConfig, EntraEmulator, FederatedCredential, ManagedIdentity, User,
 };
 use crate::emulator::pki::{self, Ca};
 use crate::identity::material::{FileMaterial, TOKEN_EXCHANGE_AUDIENCE};
 use crate::identity::source::{AmbientEnv, AzureTokenSource, SourceConfig};
 use crate::identity::transport::TransportConfig;
 use crate::local::{self, LOCAL_NAMESPACE, LocalCredential, LocalEvent, LocalOptions};
+use crate::login::{LoginCredential, LoginSettings, PendingLogin, RefreshTokenStore};
 use crate::probe::{self, ProbeOptions, ProbeTarget};
 use jiff::Timestamp;
 use secrecy::SecretString;
@@ -55,6 +56,8 @@ const EXAMPLES: [(&str, &str); 7] = [
 ];
 
 const SA_ISSUER: &str = "https://kubernetes.default.svc.demo.local";
+/// The person who signs in for the `AuthorizationCodeWithPKCE` example.
+const DEMO_USER: &str = "Dana Ops";
 const DEMO_TENANT: &str = crate::emulator::entra::DEFAULT_TENANT;
 
 /// Arguments of `demo`.
@@ -125,6 +128,7 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let amr = AmrEmulator::start(&ca).await.map_err(|e| e.to_string())?;
     amr.follow(entra.subscribe());
+    sign_in(&entra, &ca_path, &secrets_dir, &credentials).await?;
 
     let source = token_source(&entra, &ca_path, &secrets_dir, &identities)?;
     let probe_options = ProbeOptions::new(Duration::from_secs(5))
@@ -195,20 +199,60 @@ fn load_examples(dir: Option<&Path>) -> Result<Vec<LocalCredential>, String> {
         if let Some(r) = rejected.first() {
             return Err(format!("{}: {}: {}", path.display(), r.name, r.message));
         }
-        for cred in ok {
-            if cred.resolved.flow == FlowType::AuthorizationCodeWithPKCE {
-                println!(
-                    "Skipping {} ({}): not supported by this version.",
-                    cred.name,
-                    cred.resolved.flow.as_str()
-                );
-                continue;
-            }
-            out.push(cred);
-        }
+        out.extend(ok);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Runs `login` for every `AuthorizationCodeWithPKCE` example, the emulator approving the
+/// demo's person at once, so each refresh token is in its secrets file before the token
+/// manager starts. The loopback listener takes a free port when the spec's is in use.
+async fn sign_in(
+    entra: &EntraEmulator,
+    ca_path: &Path,
+    secrets_dir: &Path,
+    credentials: &[LocalCredential],
+) -> Result<(), String> {
+    let settings = LoginSettings {
+        authority_host: Some(entra.authority_host()),
+        default_tenant: Some(DEMO_TENANT.to_string()),
+        transport: TransportConfig {
+            ca_files: vec![ca_path.to_owned()],
+            ..Default::default()
+        },
+        any_port: true,
+    };
+    let store = RefreshTokenStore::Files(secrets_dir.to_owned());
+    let pkce = credentials
+        .iter()
+        .filter(|c| c.resolved.flow == FlowType::AuthorizationCodeWithPKCE);
+    for c in pkce {
+        let failed = |e: &dyn std::fmt::Display| format!("signing in for {}: {e}", c.name);
+        let credential = LoginCredential {
+            namespace: LOCAL_NAMESPACE.to_string(),
+            name: c.name.clone(),
+            spec: c.spec.clone(),
+            resolved: c.resolved.clone(),
+        };
+        let pending = PendingLogin::start(credential, &settings)
+            .await
+            .map_err(|e| failed(&e))?;
+        let url = pending.authorize_url().clone();
+        let browser = entra.sign_in(&url);
+        let finished = pending.finish(&store, Duration::from_secs(10));
+        let (signed_in, browsed) = tokio::join!(finished, browser);
+        browsed.map_err(|e| failed(&e))?;
+        let who = signed_in.map_err(|e| failed(&e))?;
+        println!(
+            "Signed in for {}: {} (oid {}), refresh token in {}",
+            c.name,
+            who.name.as_deref().unwrap_or("?"),
+            who.object_id,
+            who.stored_in
+        );
+    }
+    Ok(())
 }
 
 /// The identities the emulator registers, matching the ids of the examples.
@@ -217,6 +261,9 @@ struct Identities {
     billing_cert: pki::CertifiedKey,
     sa_issuer_public_pem: String,
     reports_secret: String,
+    /// The refresh token the emulator starts with for the demo's person; `login` obtains
+    /// the one the demo uses.
+    ops_initial_refresh_token: String,
 }
 
 fn write_inputs(dir: &Path) -> Result<Identities, String> {
@@ -249,6 +296,7 @@ fn write_inputs(dir: &Path) -> Result<Identities, String> {
         billing_cert,
         sa_issuer_public_pem: String::from_utf8_lossy(&public).into_owned(),
         reports_secret: random_secret(),
+        ops_initial_refresh_token: random_secret(),
     })
 }
 
@@ -304,6 +352,12 @@ fn entra_config(ids: &Identities, lifetime: u64) -> EntraConfig {
             AppRegistration::new("66666666-6666-6666-6666-666666666666", oid(6))
                 .with_secret(ids.reports_secret.clone()),
         )
+        .with_user(User::new(
+            DEMO_USER,
+            oid(7),
+            "55555555-5555-5555-5555-555555555555",
+            ids.ops_initial_refresh_token.clone(),
+        ))
 }
 
 fn token_source(

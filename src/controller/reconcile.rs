@@ -437,7 +437,12 @@ impl<'a> Reconcile<'a> {
 
     /// A Warning per failed round, and one more when the token has just expired.
     async fn announce_failure(&self, failure: &RefreshFailure, new: &AmrCredentialStatus) {
-        let (reason, message) = (conditions::REFRESH_FAILED, &failure.message);
+        // A dead sign-in has its own reason: a person must act, waiting does not help.
+        let reason = match failure.kind {
+            crate::identity::FailureKind::LoginRequired => failure.kind.reason(),
+            _ => conditions::REFRESH_FAILED,
+        };
+        let message = &failure.message;
         self.publish(EventType::Warning, reason, "Refresh", message)
             .await;
         if !newly_expired(&self.old, new) {

@@ -402,6 +402,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kube_material_merge_patches_one_key_and_never_creates_a_secret() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        let (mock, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let m = KubeMaterial::new(kube::Client::new(mock, "default"));
+        let writes = tokio::spawn(async move {
+            let first = m.write_secret_value("shop", "login", "refresh-token", b"rt-2");
+            let second = m.write_secret_value("shop", "gone", "refresh-token", b"rt-2");
+            (first.await, second.await)
+        });
+        let answers = [
+            (200, r#"{"apiVersion":"v1","kind":"Secret"}"#),
+            (404, NOT_FOUND),
+        ];
+        for (status, reply) in answers {
+            let (req, send) = api.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::PATCH);
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/merge-patch+json"
+            );
+            let body = req.into_body().collect_bytes().await.unwrap();
+            assert_eq!(&body[..], br#"{"data":{"refresh-token":"cnQtMg=="}}"#);
+            let reply = Body::from(reply.as_bytes().to_vec());
+            send.send_response(Response::builder().status(status).body(reply).unwrap());
+        }
+        let (first, second) = writes.await.unwrap();
+        assert!(first.is_ok());
+        assert!(matches!(second, Err(MaterialError::SecretNotFound { .. })));
+        assert!(api.next_request().await.is_none(), "nothing else was sent");
+    }
+
+    const NOT_FOUND: &str = r#"{"kind":"Status","apiVersion":"v1","status":"Failure",
+        "message":"not found","reason":"NotFound","code":404}"#;
+
+    #[tokio::test]
     async fn service_account_files_give_token_and_annotations() {
         let dir = dir_with(&[
             ("inventory", "token", "jwt\n"),

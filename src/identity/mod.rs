@@ -45,7 +45,7 @@ impl FailureKind {
     pub fn reason(self) -> &'static str {
         match self {
             FailureKind::InvalidInput => "InvalidInput",
-            FailureKind::NotAllowed => "AmbientIdentityNotAllowed",
+            FailureKind::NotAllowed => "NotAllowed",
             FailureKind::Unsupported => "FlowNotSupported",
             FailureKind::NonRetryable => "NonRetryableError",
             FailureKind::LoginRequired => "LoginRequired",

@@ -395,7 +395,7 @@ impl Target {
         let command = login_command(&self.namespace, self.credential.as_deref());
         failure(
             FailureKind::LoginRequired,
-            format!("{why}; a person must sign in again: {command}"),
+            format!("{why}; a person must sign in: {command}"),
         )
     }
 }

@@ -181,11 +181,11 @@ impl AzureTokenSource {
         resolved: &ResolvedSpec,
     ) -> Result<AcquiredToken, RefreshFailure> {
         let plan = self.plan(ns, spec, resolved, false).await?;
-        let host_key = plan
-            .authority_host
-            .as_ref()
-            .map_or("default", Url::as_str)
-            .to_string();
+        // Throttling is per server: managed identities answer from their own endpoint.
+        let host_key = match &plan.input {
+            CredentialInput::ManagedIdentity { .. } => "managed-identity".to_string(),
+            _ => plan.authority_host.as_ref().map_or("default", Url::as_str).to_string(),
+        };
         let ctx = CredentialContext {
             authority_host: plan.authority_host.clone(),
             transport: self.transport.clone(),
@@ -523,12 +523,12 @@ impl TokenSource for AzureTokenSource {
     async fn fetch(
         &self,
         namespace: &str,
-        _name: &str,
+        name: &str,
         spec: &AmrCredentialSpec,
         resolved: &ResolvedSpec,
     ) -> Result<AcquiredToken, RefreshFailure> {
         if resolved.flow == FlowType::AuthorizationCodeWithPKCE {
-            let fetched = self.fetch_pkce(namespace, Some(_name), spec, resolved, false);
+            let fetched = self.fetch_pkce(namespace, Some(name), spec, resolved, false);
             return fetched.await.map(|(t, _)| t);
         }
         self.fetch_with(namespace, spec, resolved, false)

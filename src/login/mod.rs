@@ -465,6 +465,47 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_secret_is_created_when_merging_the_key_finds_none() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Secret> = Api::namespaced(kube::Client::new(mock, "default"), "shop");
+        let r = SecretKeyRef {
+            name: "ops-login".into(),
+            key: "refresh-token".into(),
+        };
+        let write = tokio::spawn(async move { create_or_merge(&api, &r, b"rt").await });
+        let not_found = r#"{"kind":"Status","apiVersion":"v1","status":"Failure",
+            "reason":"NotFound","code":404}"#;
+        let expected = [
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/shop/secrets/ops-login",
+                404,
+            ),
+            (Method::POST, "/api/v1/namespaces/shop/secrets", 201),
+        ];
+        for (method, path, status) in expected {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!((req.method(), req.uri().path()), (&method, path));
+            let body = req.into_body().collect_bytes().await.unwrap().to_vec();
+            assert!(
+                String::from_utf8(body.clone())
+                    .unwrap()
+                    .contains(r#""refresh-token":"cnQ=""#)
+            );
+            let reply = if status == 404 {
+                not_found.as_bytes().to_vec()
+            } else {
+                body
+            };
+            let response = Response::builder().status(status).body(Body::from(reply));
+            send.send_response(response.unwrap());
+        }
+        write.await.unwrap().unwrap();
+    }
+
     #[test]
     fn a_credential_of_another_flow_is_refused() {
         let e = pkce_fields(&credential("ClientCredentials")).unwrap_err();
