@@ -11,7 +11,7 @@ use super::transport::{
 };
 use super::{AcquiredToken, FailureKind, RefreshFailure, TokenSource};
 use crate::api::RetryConfig;
-use crate::api::{AmrCredentialSpec, Authority, FlowType, ResolvedSpec};
+use crate::api::{AmrCredentialSpec, Authority, FlowSpec, FlowType, ResolvedSpec};
 use crate::token_manager::{AttemptError, Verdict, classify, run_round};
 use azure_core::credentials::{SecretBytes, TokenCredential};
 use azure_core::error::ErrorKind;
@@ -184,7 +184,11 @@ impl AzureTokenSource {
         // Throttling is per server: managed identities answer from their own endpoint.
         let host_key = match &plan.input {
             CredentialInput::ManagedIdentity { .. } => "managed-identity".to_string(),
-            _ => plan.authority_host.as_ref().map_or("default", Url::as_str).to_string(),
+            _ => plan
+                .authority_host
+                .as_ref()
+                .map_or("default", Url::as_str)
+                .to_string(),
         };
         let ctx = CredentialContext {
             authority_host: plan.authority_host.clone(),
@@ -269,161 +273,31 @@ impl AzureTokenSource {
         key_only: bool,
     ) -> Result<Plan, RefreshFailure> {
         let (host, tenant) = self.authority(&resolved.authority);
-        let scopes = resolved.scopes.join(" ");
-        let host_s = host.as_ref().map_or("default", Url::as_str).to_string();
-        let flow = &spec.flow;
-        let need_tenant = || {
-            tenant.clone().ok_or_else(|| {
-                failure(
-                    FailureKind::InvalidInput,
-                    "no tenant: set authorityConfig.tenantId, flow.tenantId or the operator's \
-                     --tenant-id",
-                )
-            })
+        let key = KeyParts {
+            host: host.as_ref().map_or("default", Url::as_str).to_string(),
+            scopes: resolved.scopes.join(" "),
         };
-        let client_id = || flow.client_id.clone().unwrap_or_default();
+        let flow = &spec.flow;
         let (key, input) = match resolved.flow {
             FlowType::ClientCredentials => {
-                let tenant = need_tenant()?;
-                let r = flow
-                    .client_secret_ref
-                    .as_ref()
-                    .ok_or_else(|| invalid("missing clientSecretRef"))?;
-                let secret = self.secret(ns, &r.name, &r.key).await?;
-                let secret = String::from_utf8(secret).map_err(|_| {
-                    invalid(&format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key))
-                })?;
-                let secret = secret.trim().to_string();
-                let key = format!(
-                    "secret|{host_s}|{tenant}|{}|{}|{scopes}",
-                    client_id(),
-                    digest(secret.as_bytes())
-                );
-                let input = CredentialInput::ClientSecret {
-                    tenant,
-                    client_id: client_id(),
-                    secret: SecretString::from(secret),
-                };
-                (key, input)
+                self.plan_client_secret(ns, flow, need_tenant(tenant)?, &key)
+                    .await?
             }
             FlowType::ClientCredentialsWithCertificate => {
-                let tenant = need_tenant()?;
-                let r = flow
-                    .client_certificate_ref
-                    .as_ref()
-                    .ok_or_else(|| invalid("missing clientCertificateRef"))?;
-                let (certificate, fingerprint) = match &r.pkcs12_key {
-                    Some(k) => {
-                        let bundle = self.secret(ns, &r.name, k).await?;
-                        let password = match &r.password_key {
-                            Some(pk) => Some(self.secret(ns, &r.name, pk).await?),
-                            None => None,
-                        };
-                        let fp = digest(&bundle);
-                        let password = password.map(|p| {
-                            SecretString::from(String::from_utf8_lossy(&p).trim().to_string())
-                        });
-                        (
-                            CertificateInput::Pkcs12 {
-                                bundle: SecretBytes::new(bundle),
-                                password,
-                            },
-                            fp,
-                        )
-                    }
-                    None => {
-                        let ck = r.certificate_key.as_deref().unwrap_or("tls.crt");
-                        let kk = r.private_key_key.as_deref().unwrap_or("tls.key");
-                        let cert = self.secret(ns, &r.name, ck).await?;
-                        let key = self.secret(ns, &r.name, kk).await?;
-                        let fp = digest(&[cert.as_slice(), key.as_slice()].concat());
-                        (
-                            CertificateInput::Pem {
-                                cert,
-                                key: SecretBytes::new(key),
-                            },
-                            fp,
-                        )
-                    }
-                };
-                let key = format!(
-                    "cert|{host_s}|{tenant}|{}|{fingerprint}|{scopes}",
-                    client_id()
-                );
-                let input = CredentialInput::Certificate {
-                    tenant,
-                    client_id: client_id(),
-                    certificate,
-                    thumbprint_sha256: r.thumbprint_sha256.clone(),
-                };
-                (key, input)
+                self.plan_certificate(ns, flow, need_tenant(tenant)?, &key)
+                    .await?
             }
             FlowType::WorkloadIdentity => {
-                let sa = flow.service_account_name.clone().unwrap_or_default();
-                let info = self
-                    .material
-                    .service_account(ns, &sa)
-                    .await
-                    .map_err(material_failure)?;
-                let client = flow.client_id.clone().or(info.client_id).ok_or_else(|| {
-                    invalid(&format!(
-                        "no client id: set flow.clientId or annotate ServiceAccount {sa:?} with \
-                         azure.workload.identity/client-id"
-                    ))
-                })?;
-                // The ServiceAccount's tenant wins over the operator default, not over the spec.
-                let tenant = match (&resolved.authority, info.tenant_id) {
-                    (Authority::OperatorDefault, Some(t)) => t,
-                    _ => need_tenant()?,
-                };
-                let key = format!("wi|{host_s}|{tenant}|{client}|{ns}/{sa}|{scopes}");
-                let source = Arc::new(ServiceAccountAssertion {
-                    material: self.material.clone(),
-                    namespace: ns.to_string(),
-                    service_account: sa,
-                });
-                (
-                    key,
-                    CredentialInput::Assertion {
-                        tenant,
-                        client_id: client,
-                        source,
-                    },
-                )
+                self.plan_workload_identity(ns, flow, &resolved.authority, tenant, &key)
+                    .await?
             }
-            FlowType::SystemAssignedManagedIdentity => (
-                format!("mi|system|{scopes}"),
-                CredentialInput::ManagedIdentity {
-                    user_assigned: None,
-                },
-            ),
+            FlowType::SystemAssignedManagedIdentity => managed_identity(None, &key),
             FlowType::UserAssignedManagedIdentity => {
-                let (kind, id) = if let Some(v) = &flow.user_assigned_client_id {
-                    ("client", UserAssignedId::ClientId(v.clone()))
-                } else if let Some(v) = &flow.user_assigned_object_id {
-                    ("object", UserAssignedId::ObjectId(v.clone()))
-                } else if let Some(v) = &flow.user_assigned_resource_id {
-                    ("resource", UserAssignedId::ResourceId(v.clone()))
-                } else {
-                    return Err(invalid("UserAssignedManagedIdentity needs an identity id"));
-                };
-                let shown = match &id {
-                    UserAssignedId::ClientId(v)
-                    | UserAssignedId::ObjectId(v)
-                    | UserAssignedId::ResourceId(v) => v.clone(),
-                    _ => String::new(),
-                };
-                let key = format!("mi|{kind}:{shown}|{scopes}");
-                (
-                    key,
-                    CredentialInput::ManagedIdentity {
-                        user_assigned: Some(id),
-                    },
-                )
+                managed_identity(Some(user_assigned_id(flow)?), &key)
             }
             FlowType::DefaultAzureCredential => {
-                let (key, input) = self.ambient(key_only, &host_s)?;
-                (format!("{key}|{scopes}"), input)
+                let (id, input) = self.ambient(key_only, &key.host)?;
+                (format!("{id}|{}", key.scopes), input)
             }
             FlowType::AuthorizationCodeWithPKCE => {
                 return Err(invalid(
@@ -437,6 +311,132 @@ impl AzureTokenSource {
             authority_host: host,
             input,
         })
+    }
+
+    async fn plan_client_secret(
+        &self,
+        ns: &str,
+        flow: &FlowSpec,
+        tenant: String,
+        key: &KeyParts,
+    ) -> Result<(String, CredentialInput), RefreshFailure> {
+        let r = flow
+            .client_secret_ref
+            .as_ref()
+            .ok_or_else(|| invalid("missing clientSecretRef"))?;
+        let secret = self.secret(ns, &r.name, &r.key).await?;
+        let secret = String::from_utf8(secret)
+            .map_err(|_| invalid(&format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
+        let secret = secret.trim().to_string();
+        let client_id = flow.client_id.clone().unwrap_or_default();
+        let id = format!(
+            "secret|{}|{tenant}|{client_id}|{}",
+            key.host,
+            digest(secret.as_bytes())
+        );
+        let input = CredentialInput::ClientSecret {
+            tenant,
+            client_id,
+            secret: SecretString::from(secret),
+        };
+        Ok((key.with(&id), input))
+    }
+
+    async fn plan_certificate(
+        &self,
+        ns: &str,
+        flow: &FlowSpec,
+        tenant: String,
+        key: &KeyParts,
+    ) -> Result<(String, CredentialInput), RefreshFailure> {
+        let r = flow
+            .client_certificate_ref
+            .as_ref()
+            .ok_or_else(|| invalid("missing clientCertificateRef"))?;
+        let (certificate, fingerprint) = match &r.pkcs12_key {
+            Some(k) => {
+                let bundle = self.secret(ns, &r.name, k).await?;
+                let password = match &r.password_key {
+                    Some(pk) => Some(self.secret(ns, &r.name, pk).await?),
+                    None => None,
+                };
+                let password = password
+                    .map(|p| SecretString::from(String::from_utf8_lossy(&p).trim().to_string()));
+                let fingerprint = digest(&bundle);
+                (
+                    CertificateInput::Pkcs12 {
+                        bundle: SecretBytes::new(bundle),
+                        password,
+                    },
+                    fingerprint,
+                )
+            }
+            None => {
+                let cert_key = r.certificate_key.as_deref().unwrap_or("tls.crt");
+                let key_key = r.private_key_key.as_deref().unwrap_or("tls.key");
+                let cert = self.secret(ns, &r.name, cert_key).await?;
+                let private = self.secret(ns, &r.name, key_key).await?;
+                let fingerprint = digest(&[cert.as_slice(), private.as_slice()].concat());
+                (
+                    CertificateInput::Pem {
+                        cert,
+                        key: SecretBytes::new(private),
+                    },
+                    fingerprint,
+                )
+            }
+        };
+        let client_id = flow.client_id.clone().unwrap_or_default();
+        let id = format!("cert|{}|{tenant}|{client_id}|{fingerprint}", key.host);
+        let thumbprint_sha256 = r.thumbprint_sha256.clone();
+        let input = CredentialInput::Certificate {
+            tenant,
+            client_id,
+            certificate,
+            thumbprint_sha256,
+        };
+        Ok((key.with(&id), input))
+    }
+
+    async fn plan_workload_identity(
+        &self,
+        ns: &str,
+        flow: &FlowSpec,
+        authority: &Authority,
+        tenant: Option<String>,
+        key: &KeyParts,
+    ) -> Result<(String, CredentialInput), RefreshFailure> {
+        let sa = flow.service_account_name.clone().unwrap_or_default();
+        let info = self
+            .material
+            .service_account(ns, &sa)
+            .await
+            .map_err(material_failure)?;
+        let client_id = flow.client_id.clone().or(info.client_id).ok_or_else(|| {
+            invalid(&format!(
+                "no client id: set flow.clientId or annotate ServiceAccount {sa:?} with \
+                 azure.workload.identity/client-id"
+            ))
+        })?;
+        // The ServiceAccount's tenant wins over the operator default, not over the spec.
+        let tenant = match (authority, info.tenant_id) {
+            (Authority::OperatorDefault, Some(t)) => t,
+            _ => need_tenant(tenant)?,
+        };
+        let id = format!("wi|{}|{tenant}|{client_id}|{ns}/{sa}", key.host);
+        let source = Arc::new(ServiceAccountAssertion {
+            material: self.material.clone(),
+            namespace: ns.to_string(),
+            service_account: sa,
+        });
+        Ok((
+            key.with(&id),
+            CredentialInput::Assertion {
+                tenant,
+                client_id,
+                source,
+            },
+        ))
     }
 
     /// The operator's own chain: environment secret or certificate, then its workload
@@ -590,6 +590,54 @@ impl AssertionSource for ServiceAccountAssertion {
             )
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The parts every cache key shares: the authority host and the scopes.
+struct KeyParts {
+    host: String,
+    scopes: String,
+}
+
+impl KeyParts {
+    /// The cache key of the identity `id` for these scopes.
+    fn with(&self, id: &str) -> String {
+        format!("{id}|{}", self.scopes)
+    }
+}
+
+fn need_tenant(tenant: Option<String>) -> Result<String, RefreshFailure> {
+    tenant.ok_or_else(|| {
+        invalid(
+            "no tenant: set authorityConfig.tenantId, flow.tenantId or the operator's --tenant-id",
+        )
+    })
+}
+
+fn managed_identity(id: Option<UserAssignedId>, key: &KeyParts) -> (String, CredentialInput) {
+    let shown = match &id {
+        None => "system".to_string(),
+        Some(UserAssignedId::ClientId(v)) => format!("client:{v}"),
+        Some(UserAssignedId::ObjectId(v)) => format!("object:{v}"),
+        Some(UserAssignedId::ResourceId(v)) => format!("resource:{v}"),
+        Some(_) => "other".to_string(),
+    };
+    (
+        key.with(&format!("mi|{shown}")),
+        CredentialInput::ManagedIdentity { user_assigned: id },
+    )
+}
+
+fn user_assigned_id(flow: &FlowSpec) -> Result<UserAssignedId, RefreshFailure> {
+    let f = flow;
+    if let Some(v) = &f.user_assigned_client_id {
+        Ok(UserAssignedId::ClientId(v.clone()))
+    } else if let Some(v) = &f.user_assigned_object_id {
+        Ok(UserAssignedId::ObjectId(v.clone()))
+    } else if let Some(v) = &f.user_assigned_resource_id {
+        Ok(UserAssignedId::ResourceId(v.clone()))
+    } else {
+        Err(invalid("UserAssignedManagedIdentity needs an identity id"))
     }
 }
 
