@@ -443,7 +443,7 @@ async fn a_certificate_with_another_certificates_key_is_reported_as_invalid_inpu
 }
 
 #[test]
-fn a_malformed_authority_url_passes_apply_and_is_reported_as_invalid_spec() {
+fn a_malformed_authority_url_is_refused_by_the_schema_pattern() {
     for url in [
         "not a url",
         "http://login.example.net/contoso",
@@ -451,7 +451,7 @@ fn a_malformed_authority_url_passes_apply_and_is_reported_as_invalid_spec() {
     ] {
         let authority = json!({"type": "custom", "authorityUrl": url});
         let bad = with(orders_cache(), "/spec/authorityConfig", authority);
-        apply(&bad).assert_accepted();
+        apply(&bad).assert_refused_by_schema_at("spec.authorityConfig.authorityUrl");
         let message = local_rejection(&bad);
         assert!(
             message.starts_with(&format!(

@@ -254,6 +254,7 @@ pub struct AuthorityConfig {
     pub tenant_id: Option<String>,
     /// Authority URL such as `https://login.example.net/<tenant>`, for `custom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https://[^/?#\s]+/[^/?#\s]+/?$"))]
     pub authority_url: Option<String>,
 }
 
