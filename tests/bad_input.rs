@@ -438,7 +438,8 @@ async fn a_certificate_with_another_certificates_key_is_reported_as_invalid_inpu
     assert_eq!(failure.kind, FailureKind::InvalidInput);
     assert_eq!(
         failure.message,
-        "the client certificate's private key does not match the certificate"
+        "the client certificate's private key does not match the certificate \
+         (Secret \"billing-cert\")"
     );
 }
 

@@ -194,8 +194,14 @@ impl AzureTokenSource {
             authority_host: plan.authority_host.clone(),
             transport: self.transport.clone(),
         };
-        let credential = flows::build(&ctx, plan.input)
-            .map_err(|e| failure(FailureKind::InvalidInput, &e.to_string()))?;
+        let credential = flows::build(&ctx, plan.input).map_err(|e| {
+            // Certificate problems name the Secret they came from.
+            let origin = spec.flow.client_certificate_ref.as_ref();
+            let origin = origin
+                .map(|r| format!(" (Secret {:?})", r.name))
+                .unwrap_or_default();
+            failure(FailureKind::InvalidInput, &format!("{e}{origin}"))
+        })?;
         let scopes: Vec<&str> = resolved.scopes.iter().map(String::as_str).collect();
         let retry = &resolved.token_manager.retry;
         let outcome = run_round(retry, |_| self.attempt(&*credential, &scopes, &host_key)).await;
