@@ -376,6 +376,13 @@ impl<'a> Reconcile<'a> {
             "Secret {} holds a token for {} valid until {}",
             r.secret_name, claims.oid, claims.expires_at
         );
+        // A scheduled refresh of a healthy credential is routine: status, metrics and the log
+        // line above record it. An Event for each would keep one per credential in the API
+        // server and in the recorder's cache, which at scale costs more than it tells.
+        let routine = why == Why::Due && self.old.consecutive_failures == 0;
+        if routine {
+            return;
+        }
         let reason = conditions::TOKEN_REFRESHED;
         self.publish(EventType::Normal, reason, "Refresh", &note)
             .await;

@@ -366,7 +366,6 @@ async fn a_changed_secret_restarts_the_rollout_targets() {
             &[r#""kubectl.kubernetes.io/restartedAt":"2025-06-15T15:06:40Z""#],
         ),
         patch_status(&cred, &[r#""reason":"RolloutRestarted","status":"True""#]),
-        event("Normal", "TokenRefreshed"),
         event("Normal", "RolloutRestarted"),
     ];
     reconcile_against(
@@ -390,7 +389,6 @@ async fn a_missing_rollout_target_is_reported_and_the_secret_still_written() {
             &cred,
             &[r#""reason":"RolloutTargetNotFound","status":"False""#],
         ),
-        event("Normal", "TokenRefreshed"),
         event("Warning", "RolloutTargetNotFound"),
     ];
     let action = reconcile_against(
@@ -401,6 +399,46 @@ async fn a_missing_rollout_target_is_reported_and_the_secret_still_written() {
     )
     .await;
     assert_eq!(action, requeue(2880));
+}
+
+#[tokio::test]
+async fn a_routine_refresh_is_recorded_in_status_without_an_event() {
+    let token = token_at(NOW - 3000, 3600);
+    let cred = after_refresh(credential("orders"), &token, NOW - 3000);
+    let script = vec![
+        get_secret(Some(&written_secret(&cred, &token))),
+        apply_secret(&[]),
+        patch_status(&cred, &[r#""reason":"TokenRefreshed""#]),
+    ];
+    reconcile_against(
+        cred,
+        vec![Ok(token_at(NOW, 3600))],
+        Default::default(),
+        script,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refresh_after_failures_announces_the_recovery() {
+    let token = token_at(NOW - 3000, 3600);
+    let mut cred = after_refresh(credential("orders"), &token, NOW - 3000);
+    if let Some(status) = cred.status.as_mut() {
+        status.consecutive_failures = 2;
+    }
+    let script = vec![
+        get_secret(Some(&written_secret(&cred, &token))),
+        apply_secret(&[]),
+        patch_status(&cred, &[r#""consecutiveFailures":0"#]),
+        event("Normal", "TokenRefreshed"),
+    ];
+    reconcile_against(
+        cred,
+        vec![Ok(token_at(NOW, 3600))],
+        Default::default(),
+        script,
+    )
+    .await;
 }
 
 #[tokio::test]
