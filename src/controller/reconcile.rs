@@ -13,7 +13,7 @@ use crate::api::{
 use crate::identity::claims::TokenClaims;
 use crate::identity::{AcquiredToken, RefreshFailure};
 use crate::probe::{self, ProbeTarget};
-use crate::token_manager::{ROUND_BACKOFF_MAX, next_round_at, refresh_at};
+use crate::token_manager::{ROUND_BACKOFF_MAX, next_round_at, refresh_at, stable_hash, staggered};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -254,6 +254,8 @@ impl<'a> Reconcile<'a> {
     ) -> Result<(Action, AmrCredentialStatus), Error> {
         let claims = &token.claims;
         let due = refresh_at(claims.issued_at, claims.expires_at, &r.token_manager);
+        let key = stable_hash(&format!("{}/{}", self.namespace, self.name));
+        let due = staggered(due, claims.issued_at, key);
         let rendered = self.render(r, token, due)?;
         let data_changed = existing.and_then(|e| e.content_hash.as_deref())
             != Some(rendered.content_hash.as_str());

@@ -79,12 +79,20 @@ pub fn credential(name: &str) -> AmrCredential {
     cred
 }
 
+/// When the controller schedules the next refresh of credential `name` in namespace `shop`
+/// holding `token`: its refresh time, staggered per credential.
+pub fn due_of(name: &str, token: &AcquiredToken, resolved: &ResolvedSpec) -> Timestamp {
+    let c = &token.claims;
+    let due = crate::token_manager::refresh_at(c.issued_at, c.expires_at, &resolved.token_manager);
+    let key = crate::token_manager::stable_hash(&format!("shop/{name}"));
+    crate::token_manager::staggered(due, c.issued_at, key)
+}
+
 /// The Secret the controller would have written for `cred` holding `token`.
 pub fn written_secret(cred: &AmrCredential, token: &AcquiredToken) -> Secret {
     let name = cred.meta().name.clone().expect("fixture has a name");
     let resolved: ResolvedSpec = validate(&name, &cred.spec).expect("fixture is valid");
-    let c = &token.claims;
-    let due = crate::token_manager::refresh_at(c.issued_at, c.expires_at, &resolved.token_manager);
+    let due = due_of(&name, token, &resolved);
     secret::render(&DesiredSecret {
         credential: &name,
         namespace: "shop",

@@ -2,7 +2,7 @@
 
 use super::conditions::{Outcome, TokenState, next_status};
 use super::testing::{
-    FakeTokens, NOW, credential, now, outage, redis_token, token_at, written_secret,
+    FakeTokens, NOW, credential, due_of, now, outage, redis_token, token_at, written_secret,
 };
 use super::{Context, ControllerConfig, Observers, reconcile};
 use crate::api::{
@@ -192,7 +192,7 @@ fn after_refresh(mut cred: AmrCredential, token: &AcquiredToken, refreshed: i64)
         expires_at: c.expires_at,
     };
     let resolved = crate::api::validate("orders", &cred.spec).expect("fixture is valid");
-    let due = crate::token_manager::refresh_at(c.issued_at, c.expires_at, &resolved.token_manager);
+    let due = due_of("orders", token, &resolved);
     let outcome = Outcome::Refreshed {
         secret: "orders",
         token: state,
@@ -220,6 +220,15 @@ fn requeue(secs: u64) -> Action {
     Action::requeue(Duration::from_secs(secs))
 }
 
+/// The requeue after credential `orders` receives a token issued at NOW for an hour.
+fn requeue_after_new_token() -> Action {
+    let cred = credential("orders");
+    let resolved = crate::api::validate("orders", &cred.spec).expect("fixture is valid");
+    let due = due_of("orders", &token_at(NOW, 3600), &resolved);
+    let wait = at(NOW).duration_until(due);
+    Action::requeue(Duration::try_from(wait).expect("the refresh is ahead"))
+}
+
 #[tokio::test]
 async fn a_new_credential_gets_a_secret_a_status_and_an_event() {
     let cred = credential("orders");
@@ -227,7 +236,8 @@ async fn a_new_credential_gets_a_secret_a_status_and_an_event() {
         get_secret(None),
         apply_secret(&[
             r#""username":"b2lkLTE=""#,
-            r#""amr.entraid.dev/refresh-at":"2025-06-15T15:54:40Z""#,
+            // 80 % of the hour, staggered 8.872 s earlier for this credential.
+            r#""amr.entraid.dev/refresh-at":"2025-06-15T15:54:31.128Z""#,
         ]),
         patch_status(
             &cred,
@@ -242,7 +252,7 @@ async fn a_new_credential_gets_a_secret_a_status_and_an_event() {
         script,
     )
     .await;
-    assert_eq!(action, requeue(2880));
+    assert_eq!(action, requeue_after_new_token());
 }
 
 #[tokio::test]
@@ -251,7 +261,7 @@ async fn a_fresh_secret_after_a_restart_is_only_read() {
     let cred = after_refresh(credential("orders"), &token, NOW - 600);
     let script = vec![get_secret(Some(&written_secret(&cred, &token)))];
     let action = reconcile_against(cred, vec![], Default::default(), script).await;
-    assert_eq!(action, requeue(2280));
+    assert_eq!(action, Action::requeue(Duration::from_millis(2_271_128)));
 }
 
 #[tokio::test]
@@ -398,7 +408,7 @@ async fn a_missing_rollout_target_is_reported_and_the_secret_still_written() {
         script,
     )
     .await;
-    assert_eq!(action, requeue(2880));
+    assert_eq!(action, requeue_after_new_token());
 }
 
 #[tokio::test]

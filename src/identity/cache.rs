@@ -3,7 +3,7 @@
 
 use super::{AcquiredToken, RefreshFailure};
 use crate::api::TokenManagerConfig;
-use crate::token_manager::refresh_at;
+use crate::token_manager::{refresh_at, stagger_window};
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,9 +93,17 @@ impl SharedTokenCache {
     }
 }
 
+/// Fresh until the window in which the credentials sharing it are staggered: whoever
+/// comes first in that window fetches the next token, and the others share it.
 fn still_fresh(token: &AcquiredToken, cfg: &TokenManagerConfig) -> bool {
     let c = &token.claims;
-    Timestamp::now() < refresh_at(c.issued_at, c.expires_at, cfg)
+    let due = refresh_at(c.issued_at, c.expires_at, cfg);
+    let window = stagger_window(c.issued_at, due);
+    let window = jiff::SignedDuration::try_from(window).unwrap_or(jiff::SignedDuration::ZERO);
+    match due.checked_sub(window) {
+        Ok(first) => Timestamp::now() < first,
+        Err(_) => Timestamp::now() < due,
+    }
 }
 
 /// Drops entries nobody is using whose token has expired or was never obtained.

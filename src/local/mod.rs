@@ -8,7 +8,7 @@ use crate::identity::AcquiredToken;
 use crate::identity::claims;
 use crate::identity::source::AzureTokenSource;
 use crate::probe::{self, ProbeOptions, ProbeTarget};
-use crate::token_manager::{next_round_at, refresh_at};
+use crate::token_manager::{next_round_at, refresh_at, stable_hash, staggered};
 use jiff::Timestamp;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -212,11 +212,10 @@ struct CredentialLoop {
 
 impl CredentialLoop {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let cfg = &self.cred.resolved.token_manager;
         let mut current = existing_token_times(&self.dir, &self.cred.resolved);
         let mut due = match current {
-            Some((issued, expires)) if Timestamp::now() < refresh_at(issued, expires, cfg) => {
-                let at = refresh_at(issued, expires, cfg);
+            Some((issued, expires)) if Timestamp::now() < self.due(issued, expires) => {
+                let at = self.due(issued, expires);
                 self.emit(LocalEvent::Reused {
                     name: self.cred.name.clone(),
                     refresh_at: at,
@@ -235,7 +234,7 @@ impl CredentialLoop {
                 Ok((issued, expires)) => {
                     failures = 0;
                     current = Some((issued, expires));
-                    due = refresh_at(issued, expires, cfg);
+                    due = self.due(issued, expires);
                 }
                 Err(message) => {
                     failures += 1;
@@ -251,6 +250,13 @@ impl CredentialLoop {
                 }
             }
         }
+    }
+
+    /// The refresh time of this credential's token, staggered per credential like the
+    /// controller's.
+    fn due(&self, issued: Timestamp, expires: Timestamp) -> Timestamp {
+        let at = refresh_at(issued, expires, &self.cred.resolved.token_manager);
+        staggered(at, issued, stable_hash(&self.cred.name))
     }
 
     async fn refresh_once(&self) -> Result<(Timestamp, Timestamp), String> {
@@ -270,7 +276,7 @@ impl CredentialLoop {
         atomic::write_atomic(&self.dir, &files)
             .map_err(|e| format!("writing {} failed: {e}", self.dir.display()))?;
         let (issued, expires_at) = (token.claims.issued_at, token.claims.expires_at);
-        let next = refresh_at(issued, expires_at, &c.resolved.token_manager);
+        let next = self.due(issued, expires_at);
         let shared = origin == crate::identity::cache::Origin::Shared;
         tracing::info!(credential = %c.name, oid = %token.claims.oid, expires_at = %expires_at,
             refresh_at = %next, shared, "Token refreshed");

@@ -7,8 +7,8 @@ mod schedule;
 pub use retry::{base_delay, classify, random_unit, retry_delay};
 pub use round::run_round;
 pub use schedule::{
-    EXPIRY_LEAD, ROUND_BACKOFF_INITIAL, ROUND_BACKOFF_MAX, next_round_at, refresh_at,
-    round_backoff, spread, stable_hash,
+    EXPIRY_LEAD, ROUND_BACKOFF_INITIAL, ROUND_BACKOFF_MAX, STAGGER_MAX, next_round_at, refresh_at,
+    round_backoff, spread, stable_hash, stagger_window, staggered,
 };
 
 use std::time::Duration;

@@ -77,6 +77,31 @@ pub fn next_round_at(now: Timestamp, failures: u32, expires_at: Option<Timestamp
     timestamp(at)
 }
 
+/// Longest span over which the refreshes of credentials sharing one token are staggered.
+pub const STAGGER_MAX: Duration = Duration::from_secs(30);
+
+/// The span before a token's refresh time over which the credentials sharing it refresh:
+/// a tenth of the time from issue to refresh, at most [`STAGGER_MAX`].
+pub fn stagger_window(issued_at: Timestamp, refresh_at: Timestamp) -> Duration {
+    let span = (refresh_at.as_nanosecond() - issued_at.as_nanosecond()).max(0) / 10;
+    let span = u64::try_from(span).unwrap_or(u64::MAX);
+    Duration::from_nanos(span).min(STAGGER_MAX)
+}
+
+/// One credential's refresh time among many that share a token: `refresh_at` moved earlier
+/// by an offset in `[0, stagger_window)` derived from `key_hash` alone, so that thousands of
+/// credentials sharing a token are not all due at the same instant. Never after
+/// `refresh_at` (the refresh time stays "at the latest"), never before `issued_at`, and in
+/// whole milliseconds unless that would precede `issued_at`.
+pub fn staggered(refresh_at: Timestamp, issued_at: Timestamp, key_hash: u64) -> Timestamp {
+    let window_ns = stagger_window(issued_at, refresh_at).as_nanos();
+    let offset = (u128::from(mix(key_hash)) * window_ns) >> 64;
+    let moved = refresh_at.as_nanosecond() - i128::try_from(offset).unwrap_or(0);
+    // Milliseconds read better in annotations and status; flooring keeps "at the latest".
+    let floored = moved - moved.rem_euclid(1_000_000);
+    timestamp(floored.max(issued_at.as_nanosecond().min(refresh_at.as_nanosecond())))
+}
+
 /// Spreads work that is already due at start-up over `window`, deterministically per key.
 ///
 /// Work due after `now` is returned unchanged. Work due at or before `now` is moved to
@@ -409,5 +434,37 @@ mod tests {
                 t < end || (t == end && (window.is_zero() || end == Timestamp::MAX));
             prop_assert!(now <= t && at_end_only_if_empty_or_saturated, "{now} {t} {end}");
         }
+    }
+
+    #[test]
+    fn staggering_moves_a_refresh_earlier_within_its_window() {
+        let (issued, due) = (at(0), at(2880));
+        for key in 0..200u64 {
+            let t = staggered(due, issued, stable_hash(&key.to_string()));
+            assert!(t <= due && t >= at(2880 - 30), "{t}");
+        }
+    }
+
+    #[test]
+    fn staggering_a_short_token_stays_within_a_tenth_of_its_time_to_refresh() {
+        let (issued, due) = (at(0), at(16));
+        let window = stagger_window(issued, due);
+        assert_eq!(window, Duration::from_millis(1600));
+        let t = staggered(due, issued, 42);
+        assert!(t <= due && t >= at(14), "{t}");
+    }
+
+    #[test]
+    fn staggering_never_precedes_issue_even_for_a_refresh_before_issue() {
+        assert_eq!(staggered(at(5), at(10), 7), at(5));
+    }
+
+    #[test]
+    fn staggering_spreads_neighbouring_keys() {
+        let due = at(2880);
+        let times: std::collections::BTreeSet<_> = (0..100)
+            .map(|k| staggered(due, at(0), stable_hash(&format!("ns/c{k}"))))
+            .collect();
+        assert!(times.len() > 90);
     }
 }
