@@ -5,5 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet
-exec ./target/debug/amr-credential-operator demo "$@"
+exec cargo run --quiet -- demo "$@"

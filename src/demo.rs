@@ -136,14 +136,12 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let target = ProbeTarget::tls(amr.host(), amr.tls_port());
 
-    print_header(
-        &entra,
-        &amr,
-        &ca_path,
-        &output_dir,
-        &credentials,
-        args.duration,
-    );
+    let paths = Paths {
+        ca: &ca_path,
+        secrets: &secrets_dir,
+        output: &output_dir,
+    };
+    print_header(&entra, &amr, &paths, &credentials, args.duration);
     let names: Vec<String> = credentials.iter().map(|c| c.name.clone()).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
@@ -474,22 +472,33 @@ async fn auth_from_files(
     Err(last)
 }
 
+/// Where the demo keeps its files, printed so that a person can use them meanwhile.
+struct Paths<'a> {
+    ca: &'a Path,
+    secrets: &'a Path,
+    output: &'a Path,
+}
+
 fn print_header(
     entra: &EntraEmulator,
     amr: &AmrEmulator,
-    ca: &Path,
-    out: &Path,
+    paths: &Paths<'_>,
     creds: &[LocalCredential],
     duration: u64,
 ) {
-    println!("Entra ID emulator: {}", entra.authority_host());
+    println!(
+        "Entra ID emulator: {} (tenant {})",
+        entra.authority_host(),
+        DEMO_TENANT
+    );
     println!(
         "AMR emulator:      redis-server with TLS on {}:{}",
         amr.host(),
         amr.tls_port()
     );
-    println!("CA certificate:    {}", ca.display());
-    println!("Credential files:  {}", out.display());
+    println!("CA certificate:    {}", paths.ca.display());
+    println!("Secrets directory: {}", paths.secrets.display());
+    println!("Credential files:  {}", paths.output.display());
     println!("Credentials:");
     for c in creds {
         println!("  {:<16} {}", c.name, c.resolved.flow.as_str());

@@ -235,7 +235,7 @@ async fn the_cli_fails_an_unknown_ca_at_tls_and_says_how_to_trust_it() {
     let row = stdout.lines().nth(1).unwrap();
     assert!(row.contains(" tls "), "{row}");
     assert!(
-        row.contains("unknown CA: trust that CA with --ca-file"),
+        row.contains("unknown CA: trust that CA with --ca-file (probe)"),
         "{row}"
     );
 }

@@ -34,6 +34,16 @@ pub enum MaterialError {
         /// The missing key.
         key: String,
     },
+    /// In file mode, the file that holds a Secret key does not exist.
+    #[error("Secret {name:?} key {key:?} not found: no file {path}")]
+    FileNotFound {
+        /// Secret name.
+        name: String,
+        /// The key.
+        key: String,
+        /// The file that was looked for.
+        path: String,
+    },
     /// The ServiceAccount does not exist.
     #[error("ServiceAccount {name:?} not found in namespace {namespace:?}")]
     ServiceAccountNotFound {
@@ -239,16 +249,11 @@ impl FileMaterial {
     }
 
     fn read(&self, name: &str, key: &str) -> Result<Vec<u8>, MaterialError> {
-        let secret_dir = self.dir.join(name);
-        if !secret_dir.is_dir() {
-            return Err(MaterialError::SecretNotFound {
-                namespace: self.dir.display().to_string(),
-                name: name.to_string(),
-            });
-        }
-        std::fs::read(secret_dir.join(key)).map_err(|_| MaterialError::KeyNotFound {
+        let path = self.dir.join(name).join(key);
+        std::fs::read(&path).map_err(|_| MaterialError::FileNotFound {
             name: name.into(),
             key: key.into(),
+            path: path.display().to_string(),
         })
     }
 
@@ -355,13 +360,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_secret_and_a_missing_key_are_told_apart() {
+    async fn a_missing_secret_file_names_the_path_to_create() {
         let dir = dir_with(&[("sp", "client-secret", "x")]);
         let m = FileMaterial::new(dir.path());
-        let e = m.secret_value("ns", "other", "k").await.unwrap_err();
-        assert!(matches!(e, MaterialError::SecretNotFound { .. }), "{e}");
         let e = m.secret_value("ns", "sp", "nope").await.unwrap_err();
-        assert!(matches!(e, MaterialError::KeyNotFound { .. }), "{e}");
+        assert!(matches!(e, MaterialError::FileNotFound { .. }), "{e}");
+        let expected = dir.path().join("sp").join("nope").display().to_string();
+        assert!(
+            e.to_string().ends_with(&format!("no file {expected}")),
+            "{e}"
+        );
         assert!(e.is_missing());
     }
 

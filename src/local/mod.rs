@@ -87,6 +87,11 @@ pub fn parse(text: &str, path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejec
         if value.is_null() {
             continue;
         }
+        check_type(&value).map_err(|message| LoadError::ParseFailed {
+            path: path.to_owned(),
+            index: i + 1,
+            message,
+        })?;
         let cred: AmrCredential =
             serde_yaml_ng::from_value(value).map_err(|e| parse_error(path, i, &e))?;
         let name = cred
@@ -104,6 +109,25 @@ pub fn parse(text: &str, path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejec
         }
     }
     Ok((ok, rejected))
+}
+
+/// Refuses documents of another kind, which could otherwise parse as a spec by accident.
+fn check_type(value: &serde_yaml_ng::Value) -> Result<(), String> {
+    let field = |k: &str| {
+        value
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    if api_version == "amr.entraid.dev/v1alpha1" && kind == "AmrCredential" {
+        return Ok(());
+    }
+    Err(format!(
+        "expected apiVersion amr.entraid.dev/v1alpha1 and kind AmrCredential, \
+         found apiVersion {api_version:?} and kind {kind:?}"
+    ))
 }
 
 fn parse_error(path: &Path, index: usize, e: &serde_yaml_ng::Error) -> LoadError {
@@ -423,6 +447,16 @@ mod tests {
     async fn without_probe_options_nothing_is_verified() {
         let redis = format!("  redis: {{host: 127.0.0.1, port: {}}}\n", closed_port());
         assert_eq!(verifying(&redis, None).verify(&token()).await, None);
+    }
+
+    #[test]
+    fn a_document_of_another_kind_is_refused() {
+        let f = file(&GOOD.replace("kind: AmrCredential", "kind: Deployment"));
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("found apiVersion \"amr.entraid.dev/v1alpha1\" and kind \"Deployment\""),
+            "{e}"
+        );
     }
 
     #[test]

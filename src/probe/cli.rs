@@ -49,10 +49,10 @@ pub struct ProbeArgs {
     #[arg(long, env = "AMR_PROBE_PORT")]
     pub port: Option<u16>,
     /// Use TLS, whatever spec.redis.tls says (the default).
-    #[arg(long, env = "AMR_PROBE_TLS", overrides_with = "no_tls")]
+    #[arg(long, env = "AMR_PROBE_TLS", conflicts_with = "no_tls")]
     pub tls: bool,
     /// Connect without TLS, whatever spec.redis.tls says.
-    #[arg(long, env = "AMR_PROBE_NO_TLS", overrides_with = "tls")]
+    #[arg(long, env = "AMR_PROBE_NO_TLS")]
     pub no_tls: bool,
     /// Also trust the CA certificates in this PEM file (repeatable; comma separated in the
     /// environment).
@@ -372,10 +372,12 @@ mod tests {
     }
 
     #[test]
-    fn the_last_tls_flag_wins_and_none_defers_to_the_resource() {
-        assert_eq!(overrides(&parse(&["--tls", "--no-tls"])).tls, Some(false));
-        assert_eq!(overrides(&parse(&["--no-tls", "--tls"])).tls, Some(true));
+    fn tls_flags_override_the_resource_and_exclude_each_other() {
+        assert_eq!(overrides(&parse(&["--no-tls"])).tls, Some(false));
+        assert_eq!(overrides(&parse(&["--tls"])).tls, Some(true));
         assert_eq!(overrides(&parse(&[])).tls, None);
+        let argv = ["probe", "--tls", "--no-tls"];
+        assert!(Command::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub enum TlsFailure {
     },
     /// The certificate chains to no trusted CA.
     #[error(
-        "the server's certificate is signed by an unknown CA: trust that CA with --ca-file, \
-         or check that {host} is the Redis endpoint"
+        "the server's certificate is signed by an unknown CA: trust that CA with --ca-file \
+         (probe) or --redis-ca-file (run), or check that {host} is the Redis endpoint"
     )]
     UnknownCa {
         /// The host probed.

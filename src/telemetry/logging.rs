@@ -20,8 +20,11 @@ pub enum LogFormat {
 /// A second call changes nothing, so tests and subcommands may call it freely.
 pub fn init(format: LogFormat, level: &str) {
     let (filter, rejected) = filter(level);
+    // Colours only for a person at a terminal, never in files or log collectors.
+    let colour = std::io::IsTerminal::is_terminal(&io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(io::stderr);
     let installed = match format {
         LogFormat::Json => builder
