@@ -58,7 +58,7 @@ pub struct VerifyArgs {
     pub redis_ca_files: Vec<PathBuf>,
     /// Limit on each network step of a verification, such as `5s` or `500ms`; a bare number
     /// is seconds.
-    #[arg(long, env = "AMR_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "AMR_REDIS_TIMEOUT", default_value = "5s", value_parser = crate::probe::cli::parse_timeout)]
     pub redis_timeout: Duration,
 }
 
@@ -74,21 +74,6 @@ impl VerifyArgs {
         }
         Ok(options)
     }
-}
-
-/// Parses `5s`, `500ms`, `1m 30s` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let seconds = text.trim().parse::<f64>().ok();
-    let duration = match seconds {
-        Some(s) if s.is_finite() && s > 0.0 => Duration::try_from_secs_f64(s).ok(),
-        Some(_) => None,
-        None => text
-            .parse::<jiff::SignedDuration>()
-            .ok()
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero()),
-    };
-    duration.ok_or_else(|| format!("{text:?} is not a positive duration such as 5s or 500ms"))
 }
 
 impl IdentityArgs {
@@ -256,9 +241,12 @@ mod tests {
     #[test]
     fn the_redis_timeout_defaults_to_five_seconds_and_must_be_positive() {
         assert_eq!(verify_args(&[]).redis_timeout, Duration::from_secs(5));
-        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2_500)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            crate::probe::cli::parse_timeout("2.5"),
+            Ok(Duration::from_millis(2_500))
+        );
+        assert!(crate::probe::cli::parse_timeout("0s").is_err());
+        assert!(crate::probe::cli::parse_timeout("soon").is_err());
     }
 
     #[test]

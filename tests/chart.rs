@@ -608,6 +608,10 @@ fn every_option_reaches_the_pod() {
             "http://127.0.0.1:40342",
         ),
         ("AMR_CA_FILE", "/etc/amr-credential-operator/ca/ca.crt"),
+        (
+            "AMR_REDIS_CA_FILE",
+            "/etc/amr-credential-operator/ca/ca.crt",
+        ),
         ("AMR_MAX_CONCURRENT_TOKEN_REQUESTS", "3"),
         ("AMR_LOG_LEVEL", "debug"),
         ("AMR_LOG_FORMAT", "text"),
@@ -655,6 +659,48 @@ fn every_option_reaches_the_pod() {
     let metadata = spec.template.metadata.expect("pod metadata");
     assert_eq!(metadata.annotations.expect("annotations")["team"], "cache");
     assert_eq!(metadata.labels.expect("labels")["tier"], "platform");
+}
+
+#[test]
+fn ca_bundle_is_trusted_for_entra_id_and_for_redis() {
+    let rendered = objects(&render(&[
+        "entra.caBundle.configMap=corp-ca",
+        "entra.caBundle.key=bundle.pem",
+    ]));
+    let pod = pod_spec(&rendered);
+    let container = operator_container(&rendered);
+    let mounts = container
+        .volume_mounts
+        .clone()
+        .expect("the CA bundle is mounted");
+    assert_eq!(mounts.len(), 1);
+    let volumes = pod.volumes.expect("the CA bundle volume");
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(mounts[0].name, volumes[0].name);
+    assert_eq!(mounts[0].read_only, Some(true));
+    let config_map = volumes[0].config_map.as_ref().expect("a ConfigMap volume");
+    assert_eq!(config_map.name, "corp-ca");
+    let items = config_map
+        .items
+        .as_ref()
+        .expect("the bundle key is projected");
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("bundle.pem", "bundle.pem")
+    );
+
+    let mounted = format!("{}/bundle.pem", mounts[0].mount_path);
+    let env = env_values(&container);
+    assert_eq!(
+        env.get("AMR_CA_FILE"),
+        Some(&mounted),
+        "trusted for Entra ID"
+    );
+    assert_eq!(
+        env.get("AMR_REDIS_CA_FILE"),
+        Some(&mounted),
+        "trusted when spec.verify connects to Redis"
+    );
 }
 
 #[test]

@@ -9,7 +9,6 @@
 //! A rotated refresh token is written back before the old one is forgotten; when that write
 //! fails the new token is kept in memory and used (and written) by the next round.
 
-use super::claims;
 use super::material::Material;
 use super::source::{from_response, round_failure};
 use super::transport::{
@@ -209,36 +208,13 @@ pub fn check_response(
     response: &BasicTokenResponse,
     started: Timestamp,
 ) -> Result<Redeemed, AttemptError> {
-    let unusable = |message: String| AttemptError {
-        unusable_token: true,
-        message,
-        ..Default::default()
-    };
-    let secret = response.access_token().secret();
-    let claims = claims::decode(secret).map_err(|e| {
-        unusable(format!(
-            "Entra ID returned a token the operator cannot use: {e}"
-        ))
-    })?;
-    if claims.expires_at <= Timestamp::now() {
-        return Err(unusable(
-            "Entra ID returned a token that has already expired".into(),
-        ));
-    }
     let said = response
         .expires_in()
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .map(|s| started.as_second().saturating_add(s));
-    if said.is_some_and(|said| said > claims.expires_at.as_second() + 120) {
-        return Err(unusable(
-            "the token response claims a longer lifetime than the token's own exp claim".into(),
-        ));
-    }
+    let access = super::source::checked_token(response.access_token().secret().clone(), said)?;
     Ok(Redeemed {
-        access: AcquiredToken {
-            token: SecretString::from(secret.clone()),
-            claims,
-        },
+        access,
         refresh_token: response
             .refresh_token()
             .map(|r| SecretString::from(r.secret().clone())),

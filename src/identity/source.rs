@@ -703,26 +703,38 @@ fn check_token(
     token: azure_core::credentials::AccessToken,
     started: Timestamp,
 ) -> Result<AcquiredToken, AttemptError> {
-    let secret = token.token.secret().to_string();
-    let unusable = |message: String| AttemptError {
+    let said = token.expires_on.unix_timestamp();
+    let said = (said > started.as_second()).then_some(said);
+    checked_token(token.token.secret().to_string(), said)
+}
+
+/// Checks an issued token: its claims parse, it has an `oid`, it has not expired, and the
+/// response's promised expiry (`said`, Unix seconds) does not exceed the token's own `exp`.
+///
+/// # Errors
+/// An unusable-token [`AttemptError`] saying which check failed.
+pub(crate) fn checked_token(
+    secret: String,
+    said: Option<i64>,
+) -> Result<AcquiredToken, AttemptError> {
+    let unusable = |message: &str| AttemptError {
         unusable_token: true,
-        message,
+        message: message.to_string(),
         ..Default::default()
     };
     let claims = claims::decode(&secret).map_err(|e| {
-        unusable(format!(
+        unusable(&format!(
             "Entra ID returned a token the operator cannot use: {e}"
         ))
     })?;
     if claims.expires_at <= Timestamp::now() {
         return Err(unusable(
-            "Entra ID returned a token that has already expired".into(),
+            "Entra ID returned a token that has already expired",
         ));
     }
-    let said = token.expires_on.unix_timestamp();
-    if said > claims.expires_at.as_second() + 120 && said > started.as_second() {
+    if said.is_some_and(|said| said > claims.expires_at.as_second() + 120) {
         return Err(unusable(
-            "the token response claims a longer lifetime than the token's own exp claim".into(),
+            "the token response claims a longer lifetime than the token's own exp claim",
         ));
     }
     Ok(AcquiredToken {

@@ -302,7 +302,7 @@ fn where_(scope: &Scope) -> String {
 }
 
 /// Parses `5s`, `500ms`, `1m 30s` or a bare number of seconds.
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
     let seconds = text.trim().parse::<f64>().ok();
     let duration = match seconds {
         Some(s) if s.is_finite() && s > 0.0 => Duration::try_from_secs_f64(s).ok(),
