@@ -143,8 +143,24 @@ impl AzureTokenSource {
         resolved: &ResolvedSpec,
         force: bool,
     ) -> Result<(AcquiredToken, Origin), RefreshFailure> {
+        self.fetch_named(ns, None, spec, resolved, force).await
+    }
+
+    /// As [`AzureTokenSource::fetch_with`]; `name`, the credential's name, completes the
+    /// sign-in command of a `LoginRequired` failure.
+    ///
+    /// # Errors
+    /// As [`TokenSource::fetch`].
+    pub async fn fetch_named(
+        &self,
+        ns: &str,
+        name: Option<&str>,
+        spec: &AmrCredentialSpec,
+        resolved: &ResolvedSpec,
+        force: bool,
+    ) -> Result<(AcquiredToken, Origin), RefreshFailure> {
         if resolved.flow == FlowType::AuthorizationCodeWithPKCE {
-            return self.fetch_pkce(ns, None, spec, resolved, force).await;
+            return self.fetch_pkce(ns, name, spec, resolved, force).await;
         }
         let key = self.plan(ns, spec, resolved, true).await?.key;
         let cfg = &resolved.token_manager;
@@ -533,13 +549,8 @@ impl TokenSource for AzureTokenSource {
         spec: &AmrCredentialSpec,
         resolved: &ResolvedSpec,
     ) -> Result<AcquiredToken, RefreshFailure> {
-        if resolved.flow == FlowType::AuthorizationCodeWithPKCE {
-            let fetched = self.fetch_pkce(namespace, Some(name), spec, resolved, false);
-            return fetched.await.map(|(t, _)| t);
-        }
-        self.fetch_with(namespace, spec, resolved, false)
-            .await
-            .map(|(t, _)| t)
+        let fetched = self.fetch_named(namespace, Some(name), spec, resolved, false);
+        fetched.await.map(|(t, _)| t)
     }
 
     fn saved_requests(&self) -> u64 {

@@ -287,7 +287,7 @@ impl CredentialLoop {
         let c = &self.cred;
         let (token, origin) = self
             .source
-            .fetch_with(LOCAL_NAMESPACE, &c.spec, &c.resolved, false)
+            .fetch_named(LOCAL_NAMESPACE, Some(&c.name), &c.spec, &c.resolved, false)
             .await
             .map_err(|f| format!("{}: {}", f.kind.reason(), f.message))?;
         let keys = &c.resolved.keys;
