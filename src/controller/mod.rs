@@ -8,6 +8,8 @@
 
 pub mod conditions;
 pub mod decide;
+#[cfg(test)]
+mod fault_tests;
 mod observe;
 mod reconcile;
 pub mod rollout;

@@ -23,27 +23,28 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+pub(super) type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-const SECRET: &str = "/api/v1/namespaces/shop/secrets/orders";
-const STATUS: &str = "/apis/amr.entraid.dev/v1alpha1/namespaces/shop/amrcredentials/orders/status";
+pub(super) const SECRET: &str = "/api/v1/namespaces/shop/secrets/orders";
+pub(super) const STATUS: &str =
+    "/apis/amr.entraid.dev/v1alpha1/namespaces/shop/amrcredentials/orders/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/orders-api";
 
 /// One expected request and the answer to it.
-struct Exchange {
+pub(super) struct Exchange {
     method: Method,
     path: &'static str,
     /// Parts the query string must contain.
     query: &'static [&'static str],
     /// Parts the request body must contain.
     body: Vec<String>,
-    status: u16,
+    pub(super) status: u16,
     /// The answer; `None` echoes the request body.
-    reply: Option<Value>,
+    pub(super) reply: Option<Value>,
 }
 
-fn exchange(method: Method, path: &'static str, body: &[&str]) -> Exchange {
+pub(super) fn exchange(method: Method, path: &'static str, body: &[&str]) -> Exchange {
     let body = body.iter().map(|s| (*s).to_string()).collect();
     Exchange {
         method,
@@ -55,7 +56,7 @@ fn exchange(method: Method, path: &'static str, body: &[&str]) -> Exchange {
     }
 }
 
-fn get_secret(found: Option<&Secret>) -> Exchange {
+pub(super) fn get_secret(found: Option<&Secret>) -> Exchange {
     let reply = match found {
         Some(s) => serde_json::to_value(s).expect("a Secret serialises"),
         None => not_found(),
@@ -68,7 +69,7 @@ fn get_secret(found: Option<&Secret>) -> Exchange {
     }
 }
 
-fn apply_secret(body: &[&str]) -> Exchange {
+pub(super) fn apply_secret(body: &[&str]) -> Exchange {
     let query = &["fieldManager=amr-credential-operator", "force=true"];
     Exchange {
         query,
@@ -76,7 +77,7 @@ fn apply_secret(body: &[&str]) -> Exchange {
     }
 }
 
-fn patch_status(cred: &AmrCredential, body: &[&str]) -> Exchange {
+pub(super) fn patch_status(cred: &AmrCredential, body: &[&str]) -> Exchange {
     let reply = serde_json::to_value(cred).expect("a credential serialises");
     Exchange {
         reply: Some(reply),
@@ -84,7 +85,7 @@ fn patch_status(cred: &AmrCredential, body: &[&str]) -> Exchange {
     }
 }
 
-fn event(type_: &str, reason: &str) -> Exchange {
+pub(super) fn event(type_: &str, reason: &str) -> Exchange {
     let body = [
         format!(r#""type":"{type_}""#),
         format!(r#""reason":"{reason}""#),
@@ -115,7 +116,7 @@ fn not_found() -> Value {
 }
 
 /// Answers the script in order, then checks that no other request comes.
-async fn serve(mut handle: ApiHandle, script: Vec<Exchange>) {
+pub(super) async fn serve(mut handle: ApiHandle, script: Vec<Exchange>) {
     for (i, want) in script.into_iter().enumerate() {
         let (req, send) = handle
             .next_request()
@@ -184,7 +185,11 @@ fn at(secs: i64) -> Timestamp {
 }
 
 /// `cred` as it looks after a refresh at `refreshed` wrote `token`.
-fn after_refresh(mut cred: AmrCredential, token: &AcquiredToken, refreshed: i64) -> AmrCredential {
+pub(super) fn after_refresh(
+    mut cred: AmrCredential,
+    token: &AcquiredToken,
+    refreshed: i64,
+) -> AmrCredential {
     let c = &token.claims;
     let state = TokenState {
         object_id: c.oid.clone(),
