@@ -94,6 +94,7 @@ pub struct AzureTokenSource {
     cache: SharedTokenCache,
     permits: Semaphore,
     throttled_until: Mutex<HashMap<String, Instant>>,
+    managed_identity: ManagedIdentityPacer,
     pkce: pkce::Redeemer,
 }
 
@@ -123,6 +124,7 @@ impl AzureTokenSource {
             cache: SharedTokenCache::default(),
             permits,
             throttled_until: Mutex::default(),
+            managed_identity: ManagedIdentityPacer::default(),
             pkce,
         })
     }
@@ -199,7 +201,7 @@ impl AzureTokenSource {
         let plan = self.plan(ns, spec, resolved, false).await?;
         // Throttling is per server: managed identities answer from their own endpoint.
         let host_key = match &plan.input {
-            CredentialInput::ManagedIdentity { .. } => "managed-identity".to_string(),
+            CredentialInput::ManagedIdentity { .. } => MANAGED_IDENTITY_KEY.to_string(),
             _ => plan
                 .authority_host
                 .as_ref()
@@ -233,6 +235,10 @@ impl AzureTokenSource {
         host_key: &str,
     ) -> Result<AcquiredToken, AttemptError> {
         self.wait_for_throttle(host_key).await;
+        let _endpoint = match host_key {
+            MANAGED_IDENTITY_KEY => Some(self.managed_identity.admit().await),
+            _ => None,
+        };
         let _permit = self.permits.acquire().await.map_err(|_| AttemptError {
             message: "the operator is shutting down".into(),
             ..Default::default()
@@ -610,6 +616,48 @@ impl AssertionSource for ServiceAccountAssertion {
     }
 }
 
+/// Throttling key of the managed identity endpoint.
+const MANAGED_IDENTITY_KEY: &str = "managed-identity";
+/// Spacing of requests to the managed identity endpoint: IMDS accepts about 20 a second and
+/// 5 at once per machine; the operator stays at half the rate.
+const MANAGED_IDENTITY_INTERVAL: Duration = Duration::from_millis(100);
+/// Requests to the managed identity endpoint in flight at once.
+const MANAGED_IDENTITY_CONCURRENCY: usize = 5;
+
+/// Keeps requests to the managed identity endpoint inside its rate and concurrency limits.
+struct ManagedIdentityPacer {
+    next_slot: Mutex<tokio::time::Instant>,
+    in_flight: Semaphore,
+}
+
+impl Default for ManagedIdentityPacer {
+    fn default() -> Self {
+        ManagedIdentityPacer {
+            next_slot: Mutex::new(tokio::time::Instant::now()),
+            in_flight: Semaphore::new(MANAGED_IDENTITY_CONCURRENCY),
+        }
+    }
+}
+
+impl ManagedIdentityPacer {
+    /// Waits for the next free slot and a place in flight; the place is held until the
+    /// returned permit drops.
+    async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let slot = {
+            // A single read-modify-write of the next slot.
+            let mut next = self
+                .next_slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + MANAGED_IDENTITY_INTERVAL;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+        self.in_flight.acquire().await.ok()
+    }
+}
+
 /// The parts every cache key shares: the authority host and the scopes.
 struct KeyParts {
     host: String,
@@ -849,5 +897,48 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 impl std::fmt::Debug for AzureTokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureTokenSource").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn managed_identity_requests_are_spaced_to_stay_inside_imds_limits() {
+        let pacer = Arc::new(ManagedIdentityPacer::default());
+        let start = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move {
+                    let _held = pacer.admit().await;
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for t in tasks {
+            admitted.push(t.await.expect("no panic") - start);
+        }
+        admitted.sort();
+        let expected: Vec<_> = (0..5).map(|n| MANAGED_IDENTITY_INTERVAL * n).collect();
+        assert_eq!(admitted, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_five_managed_identity_requests_are_in_flight() {
+        let pacer = ManagedIdentityPacer::default();
+        let mut held = Vec::new();
+        for _ in 0..MANAGED_IDENTITY_CONCURRENCY {
+            held.push(pacer.admit().await);
+        }
+        let sixth = tokio::time::timeout(Duration::from_secs(5), pacer.admit()).await;
+        assert!(
+            sixth.is_err(),
+            "a sixth request went out while five were in flight"
+        );
+        held.pop();
+        assert!(pacer.admit().await.is_some());
     }
 }
