@@ -903,6 +903,102 @@ impl std::fmt::Debug for AzureTokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::material::KubeMaterial;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    /// A source whose Entra ID is an address nothing listens on, reading inputs through a
+    /// mocked Kubernetes API; the returned handle sees every API request.
+    fn source_over_mock_api() -> (
+        AzureTokenSource,
+        tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (mock, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let material = Arc::new(KubeMaterial::new(kube::Client::new(mock, "default")));
+        let config = SourceConfig {
+            authority_host: Some(Url::parse("https://127.0.0.1:1/").expect("a URL")),
+            default_tenant: Some("tenant".into()),
+            ..SourceConfig::default()
+        };
+        (
+            AzureTokenSource::new(config, material).expect("a source"),
+            api,
+        )
+    }
+
+    fn spec(yaml: &str) -> (AmrCredentialSpec, ResolvedSpec) {
+        let spec: AmrCredentialSpec = serde_yaml_ng::from_str(yaml).expect("the spec parses");
+        let resolved = crate::api::validate("c", &spec).expect("the spec is valid");
+        (spec, resolved)
+    }
+
+    /// Answers API requests with `replies` in order and returns "METHOD path" of each.
+    async fn answer(
+        mut api: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        replies: Vec<(u16, &'static str)>,
+    ) -> Vec<String> {
+        let mut seen = Vec::new();
+        for (status, reply) in replies {
+            let Some((req, send)) = api.next_request().await else {
+                break;
+            };
+            seen.push(format!("{} {}", req.method(), req.uri().path()));
+            let body = Body::from(reply.as_bytes().to_vec());
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(body)
+                    .expect("a reply"),
+            );
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_secret_reference_is_read_in_the_resources_own_namespace() {
+        let (source, api) = source_over_mock_api();
+        let (spec, resolved) = spec(
+            "flow: {type: ClientCredentials, clientId: app, clientSecretRef: {name: sp, key: k}}\n\
+             tokenManagerConfig: {retry: {maxAttempts: 1}}",
+        );
+        let secret = r#"{"apiVersion":"v1","kind":"Secret","data":{"k":"czNjcmV0"}}"#;
+        let api = tokio::spawn(answer(api, vec![(200, secret), (200, secret)]));
+        let failed = source.fetch_with("shop", &spec, &resolved, false).await;
+        assert!(failed.is_err(), "nothing listens at the authority");
+        drop(source);
+        let seen = api.await.expect("no panic");
+        assert!(
+            seen.iter()
+                .all(|r| r == "GET /api/v1/namespaces/shop/secrets/sp"),
+            "{seen:?}"
+        );
+        assert!(!seen.is_empty());
+    }
+
+    #[tokio::test]
+    async fn workload_identity_asks_only_its_own_namespace_for_a_service_account_token() {
+        let (source, api) = source_over_mock_api();
+        let (spec, resolved) = spec(
+            "flow: {type: WorkloadIdentity, serviceAccountName: inventory, clientId: app}\n\
+             tokenManagerConfig: {retry: {maxAttempts: 1}}",
+        );
+        let sa = r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"inventory"}}"#;
+        let token = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest",
+            "spec":{"audiences":["api://AzureADTokenExchange"]},"status":{"token":"sa-jwt",
+            "expirationTimestamp":"2030-01-01T00:00:00Z"}}"#;
+        let replies = vec![(200, sa), (200, sa), (201, token)];
+        let api = tokio::spawn(answer(api, replies));
+        let failed = source.fetch_with("shop", &spec, &resolved, false).await;
+        assert!(failed.is_err(), "nothing listens at the authority");
+        drop(source);
+        let seen = api.await.expect("no panic");
+        let own = "/api/v1/namespaces/shop/serviceaccounts/inventory";
+        assert!(
+            seen.iter()
+                .all(|r| r.ends_with(own) || r.ends_with(&format!("{own}/token")))
+        );
+        assert!(seen.contains(&format!("POST {own}/token")), "{seen:?}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn managed_identity_requests_are_spaced_to_stay_inside_imds_limits() {
