@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HELM="${HELM:-$PWD/.tools/bin/helm}"
-cargo test --benches
+cargo test --bench scale --bench token_manager
 cargo test --lib --bins --tests "$@"
