@@ -100,7 +100,7 @@ pub fn decode(token: &str) -> Result<TokenClaims, ClaimsError> {
         .decode(payload.trim_end_matches('='))
         .map_err(|_| ClaimsError::PayloadNotBase64)?;
     let raw: RawClaims = serde_json::from_slice(&bytes)
-        .map_err(|e| ClaimsError::PayloadNotJson(e.classify_name().to_string()))?;
+        .map_err(|e| ClaimsError::PayloadNotJson(json_problem(&e).to_string()))?;
 
     let oid = raw
         .oid
@@ -142,18 +142,13 @@ pub fn fingerprint(secret: &str) -> String {
     format!("sha256:{}", hex::encode(&digest[..4]))
 }
 
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "unexpected claim types",
-            serde_json::error::Category::Eof => "truncated",
-        }
+/// What kind of JSON problem `e` is, without quoting the input.
+fn json_problem(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected claim types",
+        serde_json::error::Category::Eof => "truncated",
     }
 }
 

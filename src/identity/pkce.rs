@@ -10,7 +10,7 @@
 //! fails the new token is kept in memory and used (and written) by the next round.
 
 use super::material::Material;
-use super::source::{from_response, round_failure};
+use super::source::{from_response, innermost, round_failure};
 use super::transport::{
     ErrorResponse, TransportConfig, TransportError, parse_error_body, tls_config,
 };
@@ -246,16 +246,6 @@ pub fn attempt_error(
         message,
         ..Default::default()
     }
-}
-
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e.to_string();
-    let mut current = e.source();
-    while let Some(err) = current {
-        last = err.to_string();
-        current = err.source();
-    }
-    last.chars().take(300).collect()
 }
 
 /// The command a person runs to sign in again for credential `name` of `namespace`; in file

@@ -8,6 +8,7 @@ use super::material::{Material, MaterialError, TOKEN_EXCHANGE_AUDIENCE};
 use super::pkce;
 use super::transport::{
     ErrorResponse, Transport, TransportConfig, TransportError, capture_error_response,
+    parse_error_response,
 };
 use super::{AcquiredToken, FailureKind, RefreshFailure, TokenSource};
 use crate::api::RetryConfig;
@@ -818,29 +819,11 @@ fn attempt_error(e: &azure_core::Error) -> AttemptError {
                 ..
             } = az.kind()
         {
-            out.status = Some(u16::from(*status));
             if let Some(raw) = raw_response {
-                let body: serde_json::Value =
-                    serde_json::from_slice(raw.body()).unwrap_or_default();
-                out.oauth_error = body
-                    .get("error")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                let description = body
-                    .get("error_description")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
-                out.message = http_message(out.status, out.oauth_error.as_deref(), description);
-                let retry_after = azure_core::http::headers::HeaderName::from_static("retry-after");
-                out.retry_after = raw
-                    .headers()
-                    .get_optional_str(&retry_after)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                return from_response(parse_error_response(*status, raw.headers(), raw.body()));
             }
-            if out.message.is_empty() {
-                out.message = http_message(out.status, None, "");
-            }
+            out.status = Some(u16::from(*status));
+            out.message = http_message(out.status, None, "");
             return out;
         }
         current = err.source();
@@ -879,7 +862,7 @@ fn http_message(status: Option<u16>, code: Option<&str>, description: &str) -> S
     }
 }
 
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e.to_string();
     let mut current = e.source();
     while let Some(err) = current {

@@ -209,13 +209,14 @@ fn record(response: ErrorResponse) {
     let _ = LAST_ERROR.try_with(|c| *c.borrow_mut() = Some(response));
 }
 
-fn parse_error_response(
-    status: u16,
+/// [`parse_error_body`] of a response's status, headers and body.
+pub(crate) fn parse_error_response(
+    status: impl Into<u16>,
     headers: &azure_core::http::headers::Headers,
     body: &[u8],
 ) -> ErrorResponse {
     let retry_after = azure_core::http::headers::HeaderName::from_static("retry-after");
-    parse_error_body(status, headers.get_optional_str(&retry_after), body)
+    parse_error_body(status.into(), headers.get_optional_str(&retry_after), body)
 }
 
 /// Reads an error response of Entra ID or a managed identity endpoint: the OAuth `error`
