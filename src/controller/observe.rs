@@ -8,7 +8,6 @@ use crate::telemetry::{Metrics, Readiness};
 use jiff::Timestamp;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Where the controller reports to; every clone reports to the same place.
@@ -37,11 +36,10 @@ impl Default for Observers {
 /// A credential's namespace and name.
 pub(super) type CredentialKey = (String, String);
 
-/// The metrics of one controller run, with the credentials it recorded series for, so that
+/// The metrics of one controller run. [`Metrics`] keeps the credentials it recorded, so that
 /// the series of a deleted credential can be removed.
 pub(super) struct CredentialMetrics {
     metrics: Metrics,
-    recorded: Mutex<HashSet<CredentialKey>>,
     /// The token source's count of saved requests already added to the counter.
     saved_counted: AtomicU64,
 }
@@ -51,23 +49,14 @@ impl CredentialMetrics {
     pub(super) fn new(metrics: Metrics, saved_so_far: u64) -> Self {
         CredentialMetrics {
             metrics,
-            recorded: Mutex::default(),
             saved_counted: AtomicU64::new(saved_so_far),
         }
     }
 
-    /// Counts one refresh round and, when it failed, the retries it made.
-    pub(super) fn refresh(
-        &self,
-        namespace: &str,
-        name: &str,
-        flow: &str,
-        failure: Option<&RefreshFailure>,
-        took: Duration,
-    ) {
-        self.note(namespace, name);
+    /// Counts one refresh round and, when it failed, the retries it made, by flow.
+    pub(super) fn refresh(&self, flow: &str, failure: Option<&RefreshFailure>, took: Duration) {
         let ok = failure.is_none();
-        self.metrics.record_refresh(namespace, name, flow, ok, took);
+        self.metrics.record_refresh(flow, ok, took);
         let retries = failure.map_or(0, |f| f.attempts.saturating_sub(1));
         for _ in 0..retries {
             self.metrics.record_retry(flow);
@@ -85,7 +74,6 @@ impl CredentialMetrics {
 
     /// Records the conditions and the token expiry a credential's status shows.
     pub(super) fn status(&self, namespace: &str, name: &str, status: &AmrCredentialStatus) {
-        self.note(namespace, name);
         for condition in &status.conditions {
             self.metrics
                 .set_condition(namespace, name, &condition.type_, &condition.status);
@@ -98,19 +86,17 @@ impl CredentialMetrics {
 
     /// Counts one verification against Redis.
     pub(super) fn verification(&self, namespace: &str, name: &str, ok: bool) {
-        self.note(namespace, name);
         self.metrics.record_verification(namespace, name, ok);
     }
 
     /// Counts one rollout restart of a workload.
     pub(super) fn rollout_restart(&self, namespace: &str, name: &str, ok: bool) {
-        self.note(namespace, name);
         self.metrics.record_rollout_restart(namespace, name, ok);
     }
 
-    /// The credentials with recorded series.
+    /// The credentials with recorded series or conditions.
     pub(super) fn recorded(&self) -> HashSet<CredentialKey> {
-        self.lock().clone()
+        self.metrics.credentials()
     }
 
     /// Removes the series of every credential of `candidates` that is not `live`.
@@ -134,16 +120,7 @@ impl CredentialMetrics {
     }
 
     fn forget(&self, key: &CredentialKey) {
-        self.lock().remove(key);
         self.metrics.forget(&key.0, &key.1);
-    }
-
-    fn note(&self, namespace: &str, name: &str) {
-        self.lock().insert((namespace.to_owned(), name.to_owned()));
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashSet<CredentialKey>> {
-        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -151,9 +128,21 @@ impl CredentialMetrics {
 mod tests {
     use super::*;
     use crate::controller::testing::outage;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn key(name: &str) -> CredentialKey {
         ("shop".to_owned(), name.to_owned())
+    }
+
+    fn condition(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            message: String::new(),
+            observed_generation: None,
+            reason: "Healthy".to_owned(),
+        }
     }
 
     fn series(metrics: &Metrics, name: &str) -> usize {
@@ -169,13 +158,7 @@ mod tests {
     fn a_failed_round_counts_its_retries() {
         let metrics = Metrics::new();
         let recorder = CredentialMetrics::new(metrics.clone(), 0);
-        recorder.refresh(
-            "shop",
-            "orders",
-            "ClientCredentials",
-            Some(&outage()),
-            Duration::ZERO,
-        );
+        recorder.refresh("ClientCredentials", Some(&outage()), Duration::ZERO);
         let text = metrics.encode();
         assert!(text.contains("amr_credential_retries_total{flow=\"ClientCredentials\"} 2"));
         assert!(text.contains("flow=\"ClientCredentials\",result=\"failure\"} 1"));
@@ -212,17 +195,51 @@ mod tests {
     }
 
     #[test]
-    fn a_status_sets_condition_gauges_and_the_expiry() {
+    fn a_status_counts_its_conditions_and_sets_the_expiry() {
         let metrics = Metrics::new();
         let recorder = CredentialMetrics::new(metrics.clone(), 0);
         let status = AmrCredentialStatus {
             expires_at: Some("2025-06-15T16:06:40Z".into()),
+            conditions: vec![condition("Ready", "True"), condition("Degraded", "False")],
             ..Default::default()
         };
         recorder.status("shop", "orders", &status);
-        assert!(metrics.encode().contains(
+        let text = metrics.encode();
+        for line in [
             "amr_credential_token_expiry_timestamp_seconds\
-             {namespace=\"shop\",name=\"orders\"} 1750003600"
-        ));
+             {namespace=\"shop\",name=\"orders\"} 1750003600",
+            "amr_credential_credentials{condition=\"Ready\",status=\"True\"} 1",
+            "amr_credential_credentials{condition=\"Degraded\",status=\"False\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        assert_eq!(recorder.recorded(), HashSet::from([key("orders")]));
+    }
+
+    #[test]
+    fn a_refresh_leaves_nothing_to_forget() {
+        let recorder = CredentialMetrics::new(Metrics::new(), 0);
+        recorder.refresh("ClientCredentials", None, Duration::ZERO);
+        assert!(recorder.recorded().is_empty());
+    }
+
+    #[test]
+    fn forgetting_all_uncounts_every_credential() {
+        let metrics = Metrics::new();
+        let recorder = CredentialMetrics::new(metrics.clone(), 0);
+        let status = AmrCredentialStatus {
+            conditions: vec![condition("Ready", "True")],
+            ..Default::default()
+        };
+        for name in ["orders", "carts"] {
+            recorder.status("shop", name, &status);
+        }
+        recorder.forget_all();
+        assert!(
+            metrics
+                .encode()
+                .contains("amr_credential_credentials{condition=\"Ready\",status=\"True\"} 0")
+        );
+        assert!(recorder.recorded().is_empty());
     }
 }

@@ -236,7 +236,7 @@ impl<'a> Reconcile<'a> {
         let flow = self.obj.spec.flow.flow_type.as_str();
         let metrics = &self.ctx.metrics;
         let failure = fetched.as_ref().err();
-        metrics.refresh(self.namespace, &self.name, flow, failure, started.elapsed());
+        metrics.refresh(flow, failure, started.elapsed());
         metrics.saved_requests(self.ctx.tokens.saved_requests());
         match fetched {
             Ok(token) => self.write(r, existing, &token, why).await,

@@ -517,10 +517,9 @@ fn closed_port() -> u16 {
     listener.local_addr().expect("a bound address").port()
 }
 
-/// The line counting one refresh of `orders` with `result`.
+/// The line counting one refresh by the client credentials flow with `result`.
 fn refreshes(result: &str) -> String {
-    let labels = r#"namespace="shop",name="orders",flow="ClientCredentials""#;
-    format!(r#"amr_credential_refreshes_total{{{labels},result="{result}"}} 1"#)
+    format!(r#"amr_credential_refreshes_total{{flow="ClientCredentials",result="{result}"}} 1"#)
 }
 
 fn has_line(observers: &Observers, line: &str) -> bool {
@@ -649,8 +648,9 @@ async fn a_refresh_is_counted_by_flow_and_result_with_its_conditions_and_expiry(
     let labels = r#"namespace="shop",name="orders""#;
     for line in [
         refreshes("success"),
-        format!(r#"amr_credential_conditions{{{labels},condition="Ready",status="True"}} 1"#),
-        format!(r#"amr_credential_conditions{{{labels},condition="Degraded",status="True"}} 0"#),
+        r#"amr_credential_credentials{condition="Ready",status="True"} 1"#.to_owned(),
+        r#"amr_credential_credentials{condition="Degraded",status="True"} 0"#.to_owned(),
+        r#"amr_credential_credentials{condition="Degraded",status="False"} 1"#.to_owned(),
         format!(
             "amr_credential_token_expiry_timestamp_seconds{{{labels}}} {}",
             NOW + 3600
