@@ -74,7 +74,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Context {
     client: Client,
     tokens: Arc<dyn TokenSource>,
-    recorder: Recorder,
+    /// Publishes warnings: it merges a repeated warning into one Event series, and keeps every
+    /// Event it sent for six minutes to do so.
+    warnings: Recorder,
+    /// Identifies this controller in Events.
+    reporter: Reporter,
     config: ControllerConfig,
     observers: Observers,
     metrics: CredentialMetrics,
@@ -103,7 +107,8 @@ impl Context {
         };
         let metrics = CredentialMetrics::new(observers.metrics.clone(), tokens.saved_requests());
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            warnings: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             tokens,
             config,
@@ -366,8 +371,11 @@ fn controller(
 ) -> impl Stream<Item = RunResult> + Send {
     // Status writes change neither generation nor the refresh request, so they wake nothing.
     let api = credentials_api(&client, namespace.as_deref());
+    // The store keeps every credential; their managed fields are never read, so they are
+    // dropped before it does.
     let credentials = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(|c| c.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(wake_hash, Default::default());

@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -379,8 +379,8 @@ impl<'a> Reconcile<'a> {
             r.secret_name, claims.oid, claims.expires_at
         );
         // A scheduled refresh of a healthy credential is routine: status, metrics and the log
-        // line above record it. An Event for each would keep one per credential in the API
-        // server and in the recorder's cache, which at scale costs more than it tells.
+        // line above record it. An Event for each would add one per credential and refresh to
+        // the API server, which at scale costs more than it tells.
         let routine = why == Why::Due && self.old.consecutive_failures == 0;
         if routine {
             return;
@@ -549,7 +549,14 @@ impl<'a> Reconcile<'a> {
             secondary: None,
         };
         let reference = self.obj.object_ref(&());
-        if let Err(e) = self.ctx.recorder.publish(&event, &reference).await {
+        // Normal Events mark one-off changes (a first token, a new spec, a recovery) that do
+        // not repeat, so they skip the shared recorder's cache: after thousands of credentials
+        // got their first token, it would hold an Event for each for six minutes.
+        let recorder = match type_ {
+            EventType::Warning => self.ctx.warnings.clone(),
+            EventType::Normal => Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone()),
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
             tracing::warn!(reason, error = %e, "Publishing an Event failed");
         }
     }
