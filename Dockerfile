@@ -16,6 +16,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /usr/local/bin/amr-credential-operator /usr/local/bin/amr-credential-operator
 USER 65532:65532
+# mimalloc, the binary's allocator, then commits memory only as it is used: at 10,000
+# credentials the peak resident size drops from about 70 to 58 MiB (see README, Scale).
+ENV MIMALLOC_ARENA_EAGER_COMMIT=0
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/amr-credential-operator"]
 CMD ["run"]

@@ -1,27 +1,38 @@
 //! Scale of the reconcile core: N AmrCredentials over I identities, refreshed through the
-//! shared token cache against the Entra ID emulator, writing to an in-process Kubernetes API.
+//! shared token cache against the Entra ID emulator, writing to a Kubernetes API stand-in.
 //!
 //! ```text
 //! parent: Entra ID emulator on 127.0.0.1 <──HTTPS── child (one per N): scheduler
-//!         counts token requests                     └─> reconcile ─> in-memory API
+//!         counts token requests                     │  └─> reconcile, token cache,
+//!         Kubernetes API stand-in      <──HTTP───────┘      credential store
+//!         keeps Secrets and AmrCredentials
 //! ```
 //!
 //! `cargo bench --bench scale` measures N = 1,000 and 10,000 (`SCALE_N=1000` picks one size)
 //! and ends with one `scale ...` line per N. Any other invocation, as under
 //! `cargo test --all-targets`, makes a smoke run of a few seconds with N = 50. Each size runs
-//! in a fresh child process of this binary, so its memory and CPU figures are its own; the
-//! emulator runs in the parent, outside them.
+//! in a fresh child process of this binary, with the operator's allocator, so its memory and
+//! CPU figures are the operator side's own: the emulator and the API stand-in, with every
+//! Secret it stores, run in the parent, as Entra ID and the API server run outside a real
+//! operator.
 
 mod support;
+
+#[global_allocator]
+static ALLOCATOR: support::stats::Counting = support::stats::Counting;
 
 use amr_credential_operator::emulator::entra::{
     AppRegistration, DEFAULT_TENANT, EntraConfig, EntraEmulator, RequestRecord,
 };
 use amr_credential_operator::emulator::pki::Ca;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
-use support::{Outcome, Settings};
+use support::kube_api::ApiState;
+use support::{NAMESPACE, Outcome, SECRET_KEY, Settings};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Argument that makes this binary the measured child.
@@ -158,12 +169,16 @@ async fn parent(plan: Plan) -> ExitCode {
 async fn measure(plan: &Plan, n: usize, ca: &Ca, ca_file: &Path) -> Result<Summary, String> {
     let seed = hex::encode(rand::random::<[u8; 16]>());
     let entra = start_emulator(plan, ca, &seed).await?;
+    let api = Arc::new(ApiState::default());
+    populate(&api, plan, n, &seed);
+    let (addr, _server) = api.serve().await.map_err(|e| e.to_string())?;
     let settings = Settings {
         credentials: n,
         identities: plan.identities,
         cycles: plan.cycles,
         lifetime_s: plan.lifetime_s,
         concurrency: plan.concurrency,
+        api_url: format!("http://{addr}"),
         authority: entra.authority_host().to_string(),
         tenant: entra.tenant().to_string(),
         ca_file: ca_file.to_owned(),
@@ -173,9 +188,29 @@ async fn measure(plan: &Plan, n: usize, ca: &Ca, ca_file: &Path) -> Result<Summa
     let outcome = run_child(&settings).await?;
     Ok(Summary {
         requests: entra.requests(),
+        api_calls: api.calls.counts(),
+        api_secret_mib: api.secret_bytes() as f64 / (1024.0 * 1024.0),
         settings,
         outcome,
     })
+}
+
+/// Every identity's client secret and the `n` AmrCredentials, as if someone had applied them.
+fn populate(api: &ApiState, plan: &Plan, n: usize, seed: &str) {
+    for i in 0..plan.identities {
+        let value = support::client_secret(seed, i);
+        let name = support::secret_name(i);
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "data": {SECRET_KEY: STANDARD.encode(value)},
+            "type": "Opaque",
+        });
+        api.insert_secret(NAMESPACE, &name, &secret);
+    }
+    for c in 0..n {
+        api.insert_credential(&support::credential(c, c % plan.identities));
+    }
 }
 
 async fn start_emulator(plan: &Plan, ca: &Ca, seed: &str) -> Result<EntraEmulator, String> {
@@ -199,6 +234,8 @@ async fn run_child(settings: &Settings) -> Result<Outcome, String> {
     let mut child = tokio::process::Command::new(exe)
         .arg(CHILD_ARG)
         .env(SETTINGS_ENV, json)
+        // The allocator setting of the operator's image (see the Dockerfile).
+        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -216,11 +253,16 @@ async fn run_child(settings: &Settings) -> Result<Outcome, String> {
     outcome.ok_or_else(|| format!("the child reported nothing ({status})"))
 }
 
-/// One size's figures: the child's outcome and the requests the emulator saw.
+/// One size's figures: the child's outcome, the requests the emulator saw, and the calls
+/// the API stand-in answered.
 struct Summary {
     settings: Settings,
     outcome: Outcome,
     requests: Vec<RequestRecord>,
+    /// Secret GET, Secret apply, AmrCredential GET, status patch, Event, other.
+    api_calls: [u64; 6],
+    /// Secret JSON the API stand-in held at the end.
+    api_secret_mib: f64,
 }
 
 impl Summary {
@@ -270,7 +312,7 @@ impl Summary {
         let [initial, in_cycles, failed] = self.token_requests();
         let cycles: Vec<String> = o.cycle_done_s.iter().map(|t| format!("{t:.1}")).collect();
         let [reconciles, errors, parked] = o.reconciles;
-        let [gets, applies, cred_gets, patches, events, other] = o.api_calls;
+        let [gets, applies, cred_gets, patches, events, other] = self.api_calls;
         println!(
             "N={} I={}: {} s tokens refreshed at {}, {} reconciles in flight",
             s.credentials,
@@ -309,9 +351,9 @@ impl Summary {
             self.lateness(2)
         );
         println!(
-            "  memory MiB: peak {:.1}, at start {:.1}; Secret JSON held by the in-process \
-             API {:.1}",
-            o.peak_rss_mib, o.baseline_rss_mib, o.api_secret_mib
+            "  operator side memory MiB: peak {:.1}, at start {:.1}; Secret JSON held by the \
+             API stand-in (not counted) {:.1}",
+            o.peak_rss_mib, o.baseline_rss_mib, self.api_secret_mib
         );
         let stages: Vec<String> = o
             .memory_mib
@@ -322,16 +364,16 @@ impl Summary {
             "  RSS/heap in use MiB after setup, at first ready, after each cycle: {}",
             stages.join(", ")
         );
-        if let Some([context, secrets, credentials, rest]) = o.heap_held_mib {
+        if let Some([context, credentials, rest]) = o.heap_held_mib {
             println!(
                 "  heap MiB held at the end by: controller context (Event recorder, metrics, \
-                 token cache, clients) {context:.1}, Secrets in the in-process API {secrets:.1}, \
-                 AmrCredentials {credentials:.1}, the rest {rest:.1}"
+                 token cache, clients) {context:.1}, AmrCredentials {credentials:.1}, \
+                 the rest {rest:.1}"
             );
         }
         println!(
-            "  CPU in the cycles: {:.0} ms, of which {:.0} ms answering API calls in process",
-            o.steady_cpu_ms, o.steady_api_cpu_ms
+            "  operator side CPU in the cycles: {:.0} ms",
+            o.steady_cpu_ms
         );
         println!(
             "  API calls: Secret GET {gets}, Secret apply {applies}, AmrCredential GET \

@@ -6,6 +6,11 @@ use amr_credential_operator::{demo, emulator, login, probe, runner};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc keeps the resident size closer to the live heap than glibc's per-thread arenas,
+/// and is faster; the image sets its one option (see the Dockerfile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keeps Entra ID access tokens for Azure Managed Redis fresh in Kubernetes Secrets.
 #[derive(Parser)]
 #[command(name = "amr-credential-operator", version, about, long_about = None)]

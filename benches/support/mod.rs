@@ -2,10 +2,13 @@
 //! reports back, and the names both sides derive from an identity's index.
 
 pub mod kube_api;
+pub mod observer;
 pub mod run;
 pub mod stats;
 
+use amr_credential_operator::api::AmrCredential;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
@@ -29,6 +32,8 @@ pub struct Settings {
     pub lifetime_s: u64,
     /// Reconciles in flight at most.
     pub concurrency: usize,
+    /// Where the Kubernetes API stand-in answers, as `http://127.0.0.1:port`.
+    pub api_url: String,
     /// The emulator's authority host.
     pub authority: String,
     /// The emulator's tenant.
@@ -69,21 +74,15 @@ pub struct Outcome {
     /// Resident memory and heap in use once every object existed, then at first readiness
     /// and at the end of each cycle, MiB.
     pub memory_mib: Vec<[f64; 2]>,
-    /// Heap held at the end by the controller's context, the API's Secrets, the
-    /// AmrCredentials, and everything else, MiB.
-    pub heap_held_mib: Option<[f64; 4]>,
-    /// Bytes of Secret JSON the in-process API held at the end, MiB.
-    pub api_secret_mib: f64,
+    /// Heap held at the end by the controller's context, the AmrCredentials, and everything
+    /// else, MiB.
+    pub heap_held_mib: Option<[f64; 3]>,
     /// Process CPU over the refresh cycles, ms.
     pub steady_cpu_ms: f64,
-    /// Of which answering API requests, ms.
-    pub steady_api_cpu_ms: f64,
     /// Reconciles run, failed, and left without a requeue.
     pub reconciles: [u64; 3],
     /// The first reconcile error, with its causes.
     pub first_error: Option<String>,
-    /// API calls: Secret GET, Secret apply, credential GET, status patch, Event, other.
-    pub api_calls: [u64; 6],
 }
 
 /// Client id of identity `i`.
@@ -104,4 +103,29 @@ pub fn secret_name(i: usize) -> String {
 /// Client secret of identity `i`.
 pub fn client_secret(seed: &str, i: usize) -> String {
     hex::encode(&Sha256::digest(format!("{seed}/{i}"))[..18])
+}
+
+/// Credential `n`, using identity `i`.
+pub fn credential(n: usize, i: usize) -> AmrCredential {
+    let object = json!({
+        "apiVersion": "amr.entraid.dev/v1alpha1", "kind": "AmrCredential",
+        "metadata": {
+            "name": credential_name(n), "namespace": NAMESPACE,
+            "uid": format!("00000000-0000-4000-8000-{n:012}"),
+            "generation": 1, "resourceVersion": "1",
+        },
+        "spec": {
+            "flow": {
+                "type": "ClientCredentials", "clientId": client_id(i),
+                "clientSecretRef": {"name": secret_name(i), "key": SECRET_KEY},
+            },
+            "tokenManagerConfig": {"expirationRefreshRatio": REFRESH_RATIO},
+        },
+    });
+    serde_json::from_value(object).expect("the benchmark's AmrCredential is well-formed")
+}
+
+/// Name of credential `n`.
+pub fn credential_name(n: usize) -> String {
+    format!("cache-{n:05}")
 }

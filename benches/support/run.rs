@@ -1,20 +1,18 @@
-//! The measured run: credentials and client secrets in the in-process API, the real
-//! reconcile and token source, and a scheduler that requeues each credential as the
-//! `Action` it returned asks, with bounded concurrency.
+//! The measured run: the real reconcile and token source, a `kube::Client` talking HTTP to
+//! the parent's API stand-in, the AmrCredentials held in memory as a reflector holds them,
+//! and a scheduler that requeues each credential as the `Action` it returned asks, with
+//! bounded concurrency.
 
-use super::kube_api::{ApiState, FakeApi};
-use super::{NAMESPACE, Outcome, REFRESH_RATIO, SECRET_KEY, Settings, stats};
-use amr_credential_operator::api::AmrCredential;
+use super::observer::{Observe, Tracker};
+use super::{NAMESPACE, Outcome, Settings, credential, credential_name, stats};
 use amr_credential_operator::controller::{self, Context, ControllerConfig};
 use amr_credential_operator::identity::TokenSource;
 use amr_credential_operator::identity::material::KubeMaterial;
 use amr_credential_operator::identity::source::{AzureTokenSource, SourceConfig};
 use amr_credential_operator::identity::transport::TransportConfig;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use jiff::Timestamp;
+use kube::client::ClientBuilder;
 use kube::runtime::controller::Action;
-use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -28,10 +26,12 @@ use tokio::time::{Instant, sleep_until};
 /// When the token source cannot be built.
 pub async fn run(settings: &Settings) -> Result<Outcome, String> {
     let baseline_rss_mib = stats::rss_mib().unwrap_or(f64::NAN);
-    let api = ApiState::new(settings.credentials, settings.cycles + 1);
-    populate(&api, settings);
+    let tracker = Tracker::new(settings.credentials, settings.cycles + 1);
+    for n in 0..settings.credentials {
+        tracker.store(credential(n, n % settings.identities));
+    }
     let setup_memory = stats::memory_mib();
-    let client = kube::Client::new(FakeApi(api.clone()), NAMESPACE);
+    let client = kube_client(settings, &tracker)?;
     let tokens = token_source(settings, client.clone())?;
     let config = ControllerConfig {
         instance: Some("scale-bench".into()),
@@ -42,10 +42,10 @@ pub async fn run(settings: &Settings) -> Result<Outcome, String> {
     let started_at = Timestamp::now();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(settings.time_limit_s);
-    let tally = schedule(&api, &ctx, settings, start, deadline).await;
+    let tally = schedule(&tracker, &ctx, settings, start, deadline).await;
     let ended_at = Timestamp::now();
     let mut outcome = outcome(
-        &api,
+        &tracker,
         settings,
         tally,
         started_at,
@@ -53,66 +53,28 @@ pub async fn run(settings: &Settings) -> Result<Outcome, String> {
         baseline_rss_mib,
     );
     outcome.memory_mib.insert(0, setup_memory);
-    outcome.heap_held_mib = heap_held(ctx, &api);
+    outcome.heap_held_mib = heap_held(ctx, &tracker);
     Ok(outcome)
 }
 
+/// A client of the parent's API stand-in, over plain HTTP on loopback, observed by `tracker`.
+fn kube_client(settings: &Settings, tracker: &Arc<Tracker>) -> Result<kube::Client, String> {
+    let url = settings.api_url.parse().map_err(|e| format!("{e}"))?;
+    let mut config = kube::Config::new(url);
+    config.default_namespace = NAMESPACE.to_string();
+    let builder = ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
+    Ok(builder.with_layer(&Observe(tracker.clone())).build())
+}
+
 /// Heap released by dropping, in turn, the controller's context (its Event recorder, metrics,
-/// token cache and clients), the API's Secrets and the AmrCredentials; then what is left.
-fn heap_held(ctx: Arc<Context>, api: &ApiState) -> Option<[f64; 4]> {
+/// token cache and clients) and the AmrCredentials; then what is left.
+fn heap_held(ctx: Arc<Context>, tracker: &Tracker) -> Option<[f64; 3]> {
     let before = stats::heap_in_use_mib()?;
     drop(ctx);
     let no_context = stats::heap_in_use_mib()?;
-    api.clear_secrets();
-    let no_secrets = stats::heap_in_use_mib()?;
-    api.clear_credentials();
+    tracker.clear_credentials();
     let rest = stats::heap_in_use_mib()?;
-    Some([
-        before - no_context,
-        no_context - no_secrets,
-        no_secrets - rest,
-        rest,
-    ])
-}
-
-fn populate(api: &ApiState, settings: &Settings) {
-    for i in 0..settings.identities {
-        let value = super::client_secret(&settings.seed, i);
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": super::secret_name(i), "namespace": NAMESPACE},
-            "data": {SECRET_KEY: STANDARD.encode(value)},
-            "type": "Opaque",
-        });
-        api.insert_secret(NAMESPACE, &super::secret_name(i), &secret);
-    }
-    for n in 0..settings.credentials {
-        api.insert_credential(credential(n, n % settings.identities));
-    }
-}
-
-/// Credential `n`, using identity `i`.
-fn credential(n: usize, i: usize) -> AmrCredential {
-    let object = json!({
-        "apiVersion": "amr.entraid.dev/v1alpha1", "kind": "AmrCredential",
-        "metadata": {
-            "name": credential_name(n), "namespace": NAMESPACE,
-            "uid": format!("00000000-0000-4000-8000-{n:012}"),
-            "generation": 1, "resourceVersion": "1",
-        },
-        "spec": {
-            "flow": {
-                "type": "ClientCredentials", "clientId": super::client_id(i),
-                "clientSecretRef": {"name": super::secret_name(i), "key": SECRET_KEY},
-            },
-            "tokenManagerConfig": {"expirationRefreshRatio": REFRESH_RATIO},
-        },
-    });
-    serde_json::from_value(object).expect("the benchmark's AmrCredential is well-formed")
-}
-
-fn credential_name(n: usize) -> String {
-    format!("cache-{n:05}")
+    Some([before - no_context, no_context - rest, rest])
 }
 
 fn token_source(settings: &Settings, client: kube::Client) -> Result<Arc<dyn TokenSource>, String> {
@@ -144,7 +106,7 @@ struct Tally {
 /// Runs reconciles as they fall due, at most `settings.concurrency` at once, until every
 /// cycle is complete or `deadline` passes; then lets those in flight finish.
 async fn schedule(
-    api: &Arc<ApiState>,
+    tracker: &Arc<Tracker>,
     ctx: &Arc<Context>,
     settings: &Settings,
     start: Instant,
@@ -156,7 +118,7 @@ async fn schedule(
         .collect();
     let mut running = JoinSet::new();
     let mut tally = Tally::default();
-    while !api.finished() {
+    while !tracker.finished() {
         let next = due.peek().map(|Reverse((at, _))| *at);
         let room = running.len() < settings.concurrency;
         tokio::select! {
@@ -169,7 +131,7 @@ async fn schedule(
                     && due.peek().is_some_and(|Reverse((at, _))| *at <= now)
                 {
                     let Some(Reverse((_, n))) = due.pop() else { break };
-                    spawn_reconcile(&mut running, api, ctx, n);
+                    spawn_reconcile(&mut running, tracker, ctx, n);
                 }
             }
             () = sleep_until(deadline) => break,
@@ -184,9 +146,14 @@ async fn schedule(
 /// A finished reconcile: the credential, when, the action, and the error if it failed.
 type Finished = (usize, Instant, Action, Option<String>);
 
-fn spawn_reconcile(running: &mut JoinSet<Finished>, api: &ApiState, ctx: &Arc<Context>, n: usize) {
-    let obj = api
-        .credential(NAMESPACE, &credential_name(n))
+fn spawn_reconcile(
+    running: &mut JoinSet<Finished>,
+    tracker: &Tracker,
+    ctx: &Arc<Context>,
+    n: usize,
+) {
+    let obj = tracker
+        .credential(&credential_name(n))
         .expect("every scheduled credential exists");
     let ctx = ctx.clone();
     running.spawn(async move {
@@ -241,68 +208,54 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn outcome(
-    api: &ApiState,
+    tracker: &Tracker,
     settings: &Settings,
     tally: Tally,
     started_at: Timestamp,
     ended_at: Timestamp,
     baseline_rss_mib: f64,
 ) -> Outcome {
-    let ready = api.milestone(1);
+    let ready = tracker.milestone(1);
     let since_start = |w: u32| {
-        let m = api.milestone(w)?;
+        let m = tracker.milestone(w)?;
         Some(m.wall.duration_since(started_at).as_secs_f64())
     };
     let cycle_done_s = (2..=settings.cycles + 1).map_while(since_start).collect();
     // The steady state runs from first readiness to the last completed cycle.
     let last = (1..=settings.cycles + 1)
         .rev()
-        .find_map(|w| api.milestone(w));
-    let (steady_refreshes, steady_cpu_ms, steady_api_cpu_ms) = match (ready, last) {
-        (Some(r), Some(l)) => (
-            l.rewrites - r.rewrites,
-            (l.cpu - r.cpu).as_secs_f64() * 1e3,
-            (l.api_cpu - r.api_cpu).as_secs_f64() * 1e3,
-        ),
-        _ => (0, 0.0, 0.0),
+        .find_map(|w| tracker.milestone(w));
+    let (steady_refreshes, steady_cpu_ms) = match (ready, last) {
+        (Some(r), Some(l)) => (l.rewrites - r.rewrites, (l.cpu - r.cpu).as_secs_f64() * 1e3),
+        _ => (0, 0.0),
     };
-    let lateness = api.lateness_ms();
+    let lateness = tracker.lateness_ms();
     let lateness_ms = [0.5, 0.99, 1.0]
         .map(|q| stats::quantile(&lateness, q))
         .into_iter()
         .collect::<Option<Vec<f64>>>()
         .map(|v| [v[0], v[1], v[2]]);
-    let calls = &api.calls;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Outcome {
         started_at,
         ready_at: ready.map(|m| m.wall),
         ended_at: last.map_or(ended_at, |m| m.wall),
         first_ready_s: since_start(1),
-        secrets_written: (1..=settings.cycles + 1).map(|w| api.reached(w)).collect(),
+        secrets_written: (1..=settings.cycles + 1)
+            .map(|w| tracker.reached(w))
+            .collect(),
         cycle_done_s,
         steady_refreshes,
-        refreshes: api.rewrites(),
+        refreshes: tracker.rewrites(),
         lateness_ms,
         peak_rss_mib: stats::peak_rss_mib().unwrap_or(f64::NAN),
         baseline_rss_mib,
         memory_mib: (1..=settings.cycles + 1)
-            .map_while(|w| api.milestone(w))
+            .map_while(|w| tracker.milestone(w))
             .map(|m| m.memory_mib)
             .collect(),
         heap_held_mib: None,
-        api_secret_mib: api.secret_bytes() as f64 / (1024.0 * 1024.0),
         steady_cpu_ms,
-        steady_api_cpu_ms,
         reconciles: [tally.reconciles, tally.errors, tally.parked],
         first_error: tally.first_error,
-        api_calls: [
-            load(&calls.secret_gets),
-            load(&calls.secret_applies),
-            load(&calls.credential_gets),
-            load(&calls.status_patches),
-            load(&calls.events),
-            load(&calls.unexpected),
-        ],
     }
 }

@@ -1,6 +1,9 @@
-//! What the process costs: resident memory from `/proc/self/status`, CPU time from the
-//! kernel's accounting.
+//! What the process costs: resident memory from `/proc/self/status`, heap from a counting
+//! wrapper around the operator's allocator, CPU time from the kernel's accounting.
 
+use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Peak resident memory (`VmHWM`), in MiB.
@@ -13,16 +16,51 @@ pub fn rss_mib() -> Option<f64> {
     status_kib("VmRSS:").map(kib_to_mib)
 }
 
-/// Heap the allocator has handed out and not had back, in MiB; glibc only.
-pub fn heap_in_use_mib() -> Option<f64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
-        let info = unsafe { libc::mallinfo2() };
-        Some((info.uordblks + info.hblkhd) as f64 / (1024.0 * 1024.0))
+/// The operator's allocator, counting the bytes it has handed out and not had back.
+pub struct Counting;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to mimalloc unchanged; the counter is only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is mimalloc's.
+        let p = unsafe { MiMalloc.alloc(layout) };
+        if !p.is_null() {
+            IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    None
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is mimalloc's.
+        let p = unsafe { MiMalloc.alloc_zeroed(layout) };
+        if !p.is_null() {
+            IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is mimalloc's.
+        unsafe { MiMalloc.dealloc(ptr, layout) };
+        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is mimalloc's.
+        let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            IN_USE.fetch_add(new_size, Ordering::Relaxed);
+            IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+/// Heap handed out by [`Counting`] and not yet freed, in MiB.
+pub fn heap_in_use_mib() -> Option<f64> {
+    Some(IN_USE.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0))
 }
 
 /// Resident memory and heap in use, in MiB; NaN where unknown.
@@ -42,19 +80,6 @@ pub fn process_cpu() -> Duration {
         usage
     };
     timeval(usage.ru_utime) + timeval(usage.ru_stime)
-}
-
-/// CPU time of the calling thread so far.
-pub fn thread_cpu() -> Duration {
-    // SAFETY: clock_gettime only writes into the zeroed struct it is given.
-    let ts = unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
-        ts
-    };
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
-    Duration::new(secs, nanos)
 }
 
 /// The `q`-quantile (0..=1) of sorted samples by nearest rank; `None` when there are none.
