@@ -1,4 +1,4 @@
-//! What the controller reports besides the API server: metrics per credential, readiness,
+//! What the controller reports besides the API server: the credential metrics, readiness,
 //! and how `spec.verify` probes Redis.
 
 use crate::api::AmrCredentialStatus;

@@ -549,9 +549,10 @@ impl<'a> Reconcile<'a> {
             secondary: None,
         };
         let reference = self.obj.object_ref(&());
-        // Normal Events mark one-off changes (a first token, a new spec, a recovery) that do
-        // not repeat, so they skip the shared recorder's cache: after thousands of credentials
-        // got their first token, it would hold an Event for each for six minutes.
+        // Normal Events mark changes (a first token, a new spec, a recovery, a rollout restart
+        // after a token change) that do not repeat within minutes, so they skip the shared
+        // recorder's cache: after thousands of credentials got their first token, it would
+        // hold an Event for each for six minutes.
         let recorder = match type_ {
             EventType::Warning => self.ctx.warnings.clone(),
             EventType::Normal => Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone()),
