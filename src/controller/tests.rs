@@ -736,3 +736,74 @@ async fn readiness_turns_synced_after_the_initial_list_and_back_at_shutdown() {
         .expect("no error");
     assert_eq!(readiness.check(), Err("caches have not synced"));
 }
+
+/// Answers every request of a reconcile by its route, for as long as the client asks, and
+/// returns "METHOD type reason" of each Event request.
+async fn answer_by_route(
+    mut handle: ApiHandle,
+    cred: AmrCredential,
+    secret: Secret,
+) -> Vec<String> {
+    let mut events = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let body = req.into_body().collect_bytes().await.expect("a body");
+        let reply = match (&method, path.as_str()) {
+            (&Method::GET, SECRET) => serde_json::to_vec(&secret).expect("a Secret serialises"),
+            (&Method::PATCH, STATUS) => serde_json::to_vec(&cred).expect("a credential serialises"),
+            (_, p) if p.starts_with(EVENTS) => {
+                let event: Value = serde_json::from_slice(&body).expect("an Event");
+                let (type_, reason) = (&event["type"], &event["reason"]);
+                events.push(format!(
+                    "{method} {} {}",
+                    type_.as_str().unwrap_or_default(),
+                    reason.as_str().unwrap_or_default()
+                ));
+                body.to_vec()
+            }
+            _ => body.to_vec(),
+        };
+        send.send_response(Response::new(Body::from(reply)));
+    }
+    events
+}
+
+#[tokio::test]
+async fn a_repeated_warning_extends_one_event_and_a_repeated_normal_event_is_a_new_one() {
+    let token = token_at(NOW - 3000, 3600);
+    let failing = after_refresh(credential("orders"), &token, NOW - 3000);
+    let mut requested = failing.clone();
+    requested
+        .annotations_mut()
+        .insert(REFRESH_REQUESTED_ANNOTATION.into(), "please".into());
+    let secret = written_secret(&failing, &token);
+    let answers = vec![
+        Err(outage()),
+        Err(outage()),
+        Ok(token_at(NOW, 3600)),
+        Ok(token_at(NOW, 3600)),
+    ];
+
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let tokens = Arc::new(FakeTokens::answering(answers));
+    let ctx = Context::new(Client::new(service, "default"), tokens, Default::default());
+    let ctx = Arc::new(ctx.with_clock(now));
+    let server = tokio::spawn(answer_by_route(handle, failing.clone(), secret));
+    for cred in [&failing, &failing, &requested, &requested] {
+        let _ = reconcile(Arc::new(cred.clone()), ctx.clone()).await;
+    }
+    drop(ctx);
+    let events = tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .expect("the client let go")
+        .expect("no panic");
+    assert_eq!(
+        events,
+        [
+            "POST Warning RefreshFailed",
+            "PATCH Warning RefreshFailed",
+            "POST Normal TokenRefreshed",
+            "POST Normal TokenRefreshed",
+        ]
+    );
+}
