@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `cargo bench --bench scale` measures N = 1,000 and 10,000 (`SCALE_N=1000` picks one size)
-//! and ends with one `scale ...` line per N. Any other invocation, as under
+//! with 40-second tokens (`SCALE_LIFETIME_S` sets another lifetime) and ends with one
+//! `scale ...` line per N. Any other invocation, as under
 //! `cargo test --all-targets`, makes a smoke run of a few seconds with N = 50. Each size runs
 //! in a fresh child process of this binary, with the operator's allocator, so its memory and
 //! CPU figures are the operator side's own: the emulator and the API stand-in, with every
@@ -72,10 +73,21 @@ impl Plan {
                 .collect::<Result<Vec<usize>, String>>()?,
             Err(_) => vec![1_000, 10_000],
         };
+        let lifetime_s = match std::env::var("SCALE_LIFETIME_S") {
+            Ok(v) => match v.trim().parse() {
+                Ok(s) if s >= 5 => s,
+                _ => {
+                    return Err(format!(
+                        "SCALE_LIFETIME_S={v:?}: expected seconds, at least 5"
+                    ));
+                }
+            },
+            Err(_) => 40,
+        };
         Ok(Plan {
             sizes,
             identities: 100,
-            lifetime_s: 20,
+            lifetime_s,
             cycles: 3,
             concurrency: 64,
         })
