@@ -69,7 +69,12 @@ impl Plan {
         let sizes = match std::env::var("SCALE_N") {
             Ok(v) => v
                 .split(',')
-                .map(|s| s.trim().parse().map_err(|e| format!("SCALE_N={v:?}: {e}")))
+                .map(|s| match s.trim().parse() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(format!(
+                        "SCALE_N={v:?}: expected sizes above 0, such as 1000,10000"
+                    )),
+                })
                 .collect::<Result<Vec<usize>, String>>()?,
             Err(_) => vec![1_000, 10_000],
         };
@@ -180,13 +185,15 @@ async fn parent(plan: Plan) -> ExitCode {
 
 async fn measure(plan: &Plan, n: usize, ca: &Ca, ca_file: &Path) -> Result<Summary, String> {
     let seed = hex::encode(rand::random::<[u8; 16]>());
-    let entra = start_emulator(plan, ca, &seed).await?;
+    // Fewer credentials than identities use one identity each.
+    let identities = plan.identities.min(n);
+    let entra = start_emulator(plan, identities, ca, &seed).await?;
     let api = Arc::new(ApiState::default());
-    populate(&api, plan, n, &seed);
+    populate(&api, identities, n, &seed);
     let (addr, _server) = api.serve().await.map_err(|e| e.to_string())?;
     let settings = Settings {
         credentials: n,
-        identities: plan.identities,
+        identities,
         cycles: plan.cycles,
         lifetime_s: plan.lifetime_s,
         concurrency: plan.concurrency,
@@ -208,8 +215,8 @@ async fn measure(plan: &Plan, n: usize, ca: &Ca, ca_file: &Path) -> Result<Summa
 }
 
 /// Every identity's client secret and the `n` AmrCredentials, as if someone had applied them.
-fn populate(api: &ApiState, plan: &Plan, n: usize, seed: &str) {
-    for i in 0..plan.identities {
+fn populate(api: &ApiState, identities: usize, n: usize, seed: &str) {
+    for i in 0..identities {
         let value = support::client_secret(seed, i);
         let name = support::secret_name(i);
         let secret = serde_json::json!({
@@ -221,15 +228,20 @@ fn populate(api: &ApiState, plan: &Plan, n: usize, seed: &str) {
         api.insert_secret(NAMESPACE, &name, &secret);
     }
     for c in 0..n {
-        api.insert_credential(&support::credential(c, c % plan.identities));
+        api.insert_credential(&support::credential(c, c % identities));
     }
 }
 
-async fn start_emulator(plan: &Plan, ca: &Ca, seed: &str) -> Result<EntraEmulator, String> {
+async fn start_emulator(
+    plan: &Plan,
+    identities: usize,
+    ca: &Ca,
+    seed: &str,
+) -> Result<EntraEmulator, String> {
     let mut config = EntraConfig::default()
         .with_tenant(DEFAULT_TENANT)
         .with_token_lifetime(Duration::from_secs(plan.lifetime_s));
-    for i in 0..plan.identities {
+    for i in 0..identities {
         let app = AppRegistration::new(support::client_id(i), support::object_id(i))
             .with_secret(support::client_secret(seed, i));
         config = config.with_app(app);

@@ -15,6 +15,7 @@ use url::Url;
 /// Where tokens come from (every endpoint is configurable), and how `spec.verify` checks
 /// them: shared by `run` and `run --local`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Entra ID and Redis")]
 pub struct IdentityArgs {
     /// Entra ID authority host, such as https://login.microsoftonline.com.
     #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]

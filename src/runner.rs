@@ -31,6 +31,7 @@ const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 
 /// Arguments of `run` that only matter against a cluster.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Cluster mode (file mode, --local, ignores these)")]
 pub struct ClusterArgs {
     /// Namespaces to watch, comma-separated; empty watches all namespaces.
     #[arg(long, env = "AMR_WATCH_NAMESPACES", value_delimiter = ',')]
