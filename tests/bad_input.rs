@@ -305,10 +305,10 @@ fn an_unknown_flow_type_is_refused_by_the_schema_enum() {
     let bad = with(orders_cache(), "/spec/flow/type", json!("Telepathy"));
     apply(&bad).assert_refused_by_schema_at("spec.flow.type");
 
-    // With no schema in front of it, file mode names the document and the value.
+    // With no schema in front of it, file mode names the document, the field and the value.
     let message = parse_locally(&bad).unwrap_err().to_string();
     assert!(
-        message.contains("document 1 is not an AmrCredential"),
+        message.contains("document 1 is not an AmrCredential: spec.flow.type:"),
         "{message}"
     );
     assert!(message.contains("unknown variant `Telepathy`"), "{message}");

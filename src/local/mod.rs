@@ -92,8 +92,18 @@ pub fn parse(text: &str, path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejec
             index: i + 1,
             message,
         })?;
-        let cred: AmrCredential =
-            serde_yaml_ng::from_value(value).map_err(|e| parse_error(path, i, &e))?;
+        let cred: AmrCredential = serde_path_to_error::deserialize(value).map_err(|e| {
+            // The path of the field at fault, such as `spec.tokenManagerConfig.retry`.
+            let message = match e.path().to_string().as_str() {
+                "." => e.inner().to_string(),
+                field => format!("{field}: {}", e.inner()),
+            };
+            LoadError::ParseFailed {
+                path: path.to_owned(),
+                index: i + 1,
+                message,
+            }
+        })?;
         let name = cred
             .metadata
             .name
@@ -113,6 +123,13 @@ pub fn parse(text: &str, path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejec
 
 /// Refuses documents of another kind, which could otherwise parse as a spec by accident.
 fn check_type(value: &serde_yaml_ng::Value) -> Result<(), String> {
+    if !value.is_mapping() {
+        return Err(
+            "expected a mapping with apiVersion amr.entraid.dev/v1alpha1 and kind \
+             AmrCredential, found a scalar or a list"
+                .to_string(),
+        );
+    }
     let field = |k: &str| {
         value
             .get(k)
@@ -457,6 +474,29 @@ mod tests {
             e.contains("found apiVersion \"amr.entraid.dev/v1alpha1\" and kind \"Deployment\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_reported_with_the_field_path() {
+        let text = format!("{GOOD}  tokenManagerConfig: {{expirationRefreshRatio: high}}\n");
+        let e = parse(&text, Path::new("creds.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "document 1 is not an AmrCredential: \
+                        spec.tokenManagerConfig.expirationRefreshRatio: invalid type"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_is_refused_as_such() {
+        let e = parse("hello world\n", Path::new("creds.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a mapping"), "{e}");
     }
 
     #[test]
