@@ -83,26 +83,19 @@ pub fn load(path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadEr
 pub fn parse(text: &str, path: &Path) -> Result<(Vec<LocalCredential>, Vec<Rejected>), LoadError> {
     let (mut ok, mut rejected) = (Vec::new(), Vec::new());
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| parse_error(path, i, &e))?;
+        let value = serde_yaml_ng::Value::deserialize(doc)
+            .map_err(|e| parse_error(path, i, e.to_string()))?;
         if value.is_null() {
             continue;
         }
-        check_type(&value).map_err(|message| LoadError::ParseFailed {
-            path: path.to_owned(),
-            index: i + 1,
-            message,
-        })?;
+        check_type(&value).map_err(|message| parse_error(path, i, message))?;
         let cred: AmrCredential = serde_path_to_error::deserialize(value).map_err(|e| {
             // The path of the field at fault, such as `spec.tokenManagerConfig.retry`.
             let message = match e.path().to_string().as_str() {
                 "." => e.inner().to_string(),
                 field => format!("{field}: {}", e.inner()),
             };
-            LoadError::ParseFailed {
-                path: path.to_owned(),
-                index: i + 1,
-                message,
-            }
+            parse_error(path, i, message)
         })?;
         let name = cred
             .metadata
@@ -147,11 +140,12 @@ fn check_type(value: &serde_yaml_ng::Value) -> Result<(), String> {
     ))
 }
 
-fn parse_error(path: &Path, index: usize, e: &serde_yaml_ng::Error) -> LoadError {
+/// Document `index` (from 0) of `path` is not an AmrCredential, because of `message`.
+fn parse_error(path: &Path, index: usize, message: String) -> LoadError {
     LoadError::ParseFailed {
         path: path.to_owned(),
         index: index + 1,
-        message: e.to_string(),
+        message,
     }
 }
 
